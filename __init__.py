@@ -2,8 +2,6 @@
 
 from comfy_api.latest import ComfyExtension, io
 
-WEB_DIRECTORY = None
-
 
 class GoTExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
