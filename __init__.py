@@ -1,14 +1,11 @@
-"""comfyui-got: GoT (Generation Chain-of-Thought) nodes for ComfyUI."""
+"""comfyui-got: GoT (Generation Chain-of-Thought) nodes for ComfyUI.
 
-from comfy_api.latest import ComfyExtension, io
-
-
-class GoTExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        from .nodes import all_nodes
-
-        return all_nodes()
+ComfyUI calls `comfy_entrypoint`; ComfyUI's own modules are imported only then, so this package can be
+imported (e.g. by pytest collecting the repository) without ComfyUI.
+"""
 
 
-async def comfy_entrypoint() -> GoTExtension:
+async def comfy_entrypoint():
+    from .nodes.extension import GoTExtension
+
     return GoTExtension()
