@@ -1,0 +1,115 @@
+"""GoT UNet Loader: GoT's 12-channel SDXL UNet as an ordinary ComfyUI MODEL.
+
+The model is a real `comfy.model_base.SDXL` behind a `ModelPatcher`, so LoRAs, model patches, the core KSampler
+and SamplerCustomAdvanced all work with it. It is built directly rather than through
+`supported_models.SDXL.get_model`, which would turn a UNet with more than 4 input channels into an inpainting
+model (mask + masked-image channels). GoT's 8 extra channels (reference latent ‖ spatial latent, unscaled) reach
+the UNet through each conditioning's `noise_concat`, which ComfyUI concatenates to the noisy latent as given.
+"""
+
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+import comfy.model_base
+import comfy.model_detection
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models
+import comfy.utils
+import folder_paths
+
+from .comfy_bridge import UNetWeightsError, comfy_unet_state
+
+GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), GOT_SPEC §9
+SDXL_TIME_IDS_DIM = 6 * 256  # SDXL's six size/crop embeddings beside the pooled vector in the ADM input
+
+WEIGHT_DTYPES = {
+    "default": {},
+    "fp8_e4m3fn": {"dtype": torch.float8_e4m3fn},
+    "fp8_e4m3fn_fast": {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True},
+    "fp8_e5m2": {"dtype": torch.float8_e5m2},
+}
+
+
+def got_unet_config(state: dict[str, torch.Tensor], where: str = "the UNet") -> dict:
+    """ComfyUI's unet_config detected from GoT UNet weights in ComfyUI names, checked to be GoT-shaped."""
+    config = comfy.model_detection.detect_unet_config(state, "")
+    if config is None or config.get("num_classes") != "sequential" or not config.get("context_dim"):
+        raise UNetWeightsError(f"{where} is not an SDXL-structured UNet (no cross-attention or no added "
+                               "pooled/size conditioning); GoT needs its own 12-channel SDXL UNet")
+    channels = config["in_channels"]
+    if channels != GOT_IN_CHANNELS:
+        kind = {4: "a plain SDXL UNet", 8: "an instruct-pix2pix-style UNet", 9: "an SDXL inpainting UNet"}.get(
+            channels, "a UNet")
+        raise UNetWeightsError(
+            f"{where} has {channels} input channels ({kind}); GoT's UNet takes {GOT_IN_CHANNELS} (latent, reference, "
+            "spatial). Convert the GoT-6B release with `python -m got_backend.convert` and pick "
+            "GoT-6B-unet.safetensors")
+    if config["out_channels"] != 4 or (config["adm_in_channels"] or 0) <= SDXL_TIME_IDS_DIM:
+        raise UNetWeightsError(f"{where} has {config['out_channels']} output channels and an added-conditioning "
+                               f"input of {config['adm_in_channels']}; GoT's SDXL UNet has 4 and pooled + {SDXL_TIME_IDS_DIM}")
+    return config
+
+
+def build_got_unet(state: dict[str, torch.Tensor], model_options: dict | None = None,
+                   where: str = "the UNet") -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher around a 12-channel `model_base.SDXL` holding `state` (ComfyUI names)."""
+    model_options = model_options or {}
+    model_config = comfy.supported_models.SDXL(got_unet_config(state, where))
+    load_device = comfy.model_management.get_torch_device()
+    offload_device = comfy.model_management.unet_offload_device()
+    dtype = model_options.get("dtype") or comfy.model_management.unet_dtype(
+        model_params=comfy.utils.calculate_parameters(state), supported_dtypes=model_config.supported_inference_dtypes,
+        weight_dtype=comfy.utils.weight_dtype(state))
+    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    if model_options.get("fp8_optimizations", False):
+        model_config.optimizations["fp8"] = True
+    model = comfy.model_base.SDXL(model_config, model_type=model_config.model_type(state))
+    expected = model.diffusion_model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
+    if missing or wrong:
+        raise UNetWeightsError(f"{where}: {len(missing)} UNet tensors missing (first: {missing[:3]}), "
+                               f"{len(wrong)} with the wrong shape (first: {wrong[:3]})")
+    model = model.to(offload_device)
+    model.load_model_weights(state, "")
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+
+
+def load_got_unet(path: str, model_options: dict | None = None) -> comfy.model_patcher.ModelPatcher:
+    """Load a converted GoT UNet file (diffusers or ComfyUI names) as a ComfyUI MODEL."""
+    return build_got_unet(comfy_unet_state(comfy.utils.load_torch_file(path, safe_load=True)), model_options, path)
+
+
+class GoTUNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GoTUNetLoader",
+            display_name="GoT UNet Loader",
+            category="GoT/loaders",
+            description="Loads GoT's fine-tuned SDXL UNet (12 input channels: noisy latent, reference latent, "
+                        "spatial latent) as a normal MODEL for KSampler, SamplerCustomAdvanced and LoRA nodes.",
+            inputs=[
+                io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="A converted GoT UNet in models/diffusion_models (GoT-6B-unet.safetensors, "
+                                       "written by `python -m got_backend.convert` from the GoT-6B release). "
+                                       "A plain 4-channel SDXL UNet is refused."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default",
+                               tooltip="Weight precision, as in the core Load Diffusion Model node: 'default' lets "
+                                       "ComfyUI choose; fp8 variants halve memory at some cost in quality."),
+            ],
+            outputs=[io.Model.Output(tooltip="GoT's 12-channel SDXL UNet; feed it conditioning from the GoT "
+                                             "SSGM Conditioner (which carries the 8 extra channels).")],
+        )
+
+    @classmethod
+    def execute(cls, unet_name: str, weight_dtype: str) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+        return io.NodeOutput(load_got_unet(path, WEIGHT_DTYPES[weight_dtype]))
+
+
+NODES: list[type[io.ComfyNode]] = [GoTUNetLoader]
