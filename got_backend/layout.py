@@ -1,0 +1,103 @@
+"""Boxes of a GoT chain as pixels: masks, the reference's colour canvases (GOT_SPEC §7) and an artist's preview.
+
+The reference draws each box with PIL, `ImageDraw.rectangle([x1/1000*W, y1/1000*H, x2/1000*W, y2/1000*H],
+fill=color)` on a black RGB canvas. PIL casts float corners to int (truncation; all corners here are >= 0, so
+it is the floor), fills the columns int(x1p)..int(x2p) and rows int(y1p)..int(y2p) inclusive, and clips to the
+canvas. The tensor path below does exactly that; tests compare it with PIL pixel for pixel.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import ImageColor
+
+from .chain import GRID, ChainError, GoTChain, GoTObject
+
+PREVIEW_BACKGROUND = (0.12, 0.12, 0.13)
+PREVIEW_GRID_LINE = (0.2, 0.2, 0.22)
+PREVIEW_UNCOLORED = (0.75, 0.75, 0.75)  # boxes without a colour: the reference draws them nowhere
+PREVIEW_FILL_ALPHA = 0.35
+
+
+class LayoutError(ValueError):
+    """A canvas size that cannot be drawn on."""
+
+
+def box_to_pixels(box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, float, float, float]:
+    """The reference's corners in pixels: x/1000*W, y/1000*H (this evaluation order; x*W/1000 differs in the
+    last bit for some (x, W), which moves a truncated edge by one pixel)."""
+    x1, y1, x2, y2 = box
+    return (x1 / GRID * width, y1 / GRID * height, x2 / GRID * width, y2 / GRID * height)
+
+
+def pixel_extent(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """The filled pixels as half-open ranges (col0, row0, col1, row1), as PIL fills them; empty if col0 >= col1."""
+    x1, y1, x2, y2 = box_to_pixels(box, width, height)
+    return (min(int(x1), width), min(int(y1), height), min(int(x2) + 1, width), min(int(y2) + 1, height))
+
+
+def box_masks(chain: GoTChain, width: int, height: int) -> torch.Tensor:
+    """[N, H, W] float32, 1 inside each object's box (every object, coloured or not), 0 elsewhere."""
+    _check_size(width, height)
+    masks = torch.zeros(len(chain.objects), height, width, dtype=torch.float32)
+    for mask, obj in zip(masks, chain.objects):
+        c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
+        mask[r0:r1, c0:c1] = 1.0
+    return masks
+
+
+def color_rgb(obj: GoTObject, index: int) -> tuple[int, int, int]:
+    """The object's colour as PIL reads the name; a name PIL does not know is a ChainError naming it."""
+    try:
+        return ImageColor.getcolor(obj.color, "RGB")
+    except (ValueError, AttributeError) as err:
+        raise ChainError(f"object {index} ({_describe(obj)}) has the colour {obj.color!r}, which is not a colour "
+                         f"name PIL knows; use a CSS/X11 name such as red, blue, green, gold or lightblue",
+                         obj.span[0]) from err
+
+
+def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
+    """[N, 3, H, W] float32 in [-1, 1]: per coloured object a black canvas with its box filled in its colour."""
+    _check_size(width, height)
+    colored = [(i, obj) for i, obj in enumerate(chain.objects) if obj.color is not None]
+    canvases = torch.zeros(len(colored), 3, height, width, dtype=torch.uint8)
+    for canvas, (index, obj) in zip(canvases, colored):
+        c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
+        canvas[:, r0:r1, c0:c1] = torch.tensor(color_rgb(obj, index), dtype=torch.uint8)[:, None, None]
+    return uint8_to_signed(canvases)
+
+
+def uint8_to_signed(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 in [-1, 1] as torchvision's ToTensor + Normalize(0.5, 0.5) compute it."""
+    return pixels.to(torch.float32).div(255).sub(0.5).div(0.5)
+
+
+def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
+    """[H, W, 3] in [0, 1]: every box as a translucent fill with a solid outline, in its colour (uncoloured
+    boxes in grey), later boxes on top, over a dark background with a faint line every 100 grid units."""
+    _check_size(width, height)
+    image = torch.tensor(PREVIEW_BACKGROUND).repeat(height, width, 1)
+    for k in range(1, 10):
+        image[:, min(int(k * 100 / GRID * width), width - 1)] = torch.tensor(PREVIEW_GRID_LINE)
+        image[min(int(k * 100 / GRID * height), height - 1), :] = torch.tensor(PREVIEW_GRID_LINE)
+    line = max(1, min(width, height) // 256)
+    for index, obj in enumerate(chain.objects):
+        rgb = PREVIEW_UNCOLORED if obj.color is None else tuple(v / 255 for v in color_rgb(obj, index))
+        color = torch.tensor(rgb)
+        c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
+        if c0 >= c1 or r0 >= r1:
+            continue
+        region = image[r0:r1, c0:c1]
+        region.mul_(1 - PREVIEW_FILL_ALPHA).add_(PREVIEW_FILL_ALPHA * color)
+        region[:line], region[-line:], region[:, :line], region[:, -line:] = color, color, color, color
+    return image
+
+
+def _describe(obj: GoTObject) -> str:
+    return f"box {obj.box}" if obj.phrase is None else f"{obj.phrase!r}, box {obj.box}"
+
+
+def _check_size(width: int, height: int) -> None:
+    for name, value in (("width", width), ("height", height)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise LayoutError(f"{name} must be a positive whole number of pixels, got {value!r}")
