@@ -38,8 +38,7 @@ _BOX_RE = re.compile(
     + r"(?:" + _SP + r"\(" + _SP + r"(\w+)" + _SP + r"\))?"
 )
 _COLOR_WORD = re.compile(r"\w+")
-# Where the reader says what a broken box looked like.
-_SNIPPET = 48
+_SNIPPET = 48  # characters of a broken box quoted in its issue
 
 
 class ChainError(ValueError):
@@ -88,7 +87,7 @@ class GoTChain:
                     color: str | None | object = _KEEP) -> GoTChain:
         """The chain with object `index` changed (None removes a phrase or colour); only that object's text
         is rewritten, in canonical form, the rest of the text stays as it was."""
-        if not -len(self.objects) <= index < len(self.objects):
+        if not isinstance(index, int) or not -len(self.objects) <= index < len(self.objects):
             raise ChainError(f"there is no object {index}; this chain has {len(self.objects)} objects")
         old = self.objects[index]
         new = replace(old, phrase=old.phrase if phrase is _KEEP else phrase,
@@ -116,11 +115,12 @@ def parse_chain(text: str, *, strict: bool = False) -> GoTChain:
     while pos >= 0:
         match = _BOX_RE.match(text, pos)
         if match is None:
-            issue = ChainIssue(pos, _diagnose_box(text, pos))
+            next_start = text.find(BOX_START, pos + len(BOX_START))
+            issue = ChainIssue(pos, _diagnose_box(text, pos, next_start))
             if strict:
                 raise ChainError(issue.reason, issue.position)
             issues.append(issue)
-            pos = text.find(BOX_START, pos + len(BOX_START))
+            pos = next_start
             continue
         objects.append(_read_object(text, match, floor))
         floor = match.end()
@@ -230,16 +230,18 @@ def _phrase_before(text: str, box_start: int, floor: int) -> tuple[str | None, i
     return phrase, ref_start, end != box_start
 
 
-def _diagnose_box(text: str, pos: int) -> str:
-    close = text.find(BOX_END, pos + len(BOX_START))
-    stop = min(close + len(BOX_END) if close >= 0 else len(text), pos + _SNIPPET)
-    found = text[pos:stop] + ("..." if stop < len(text) and stop == pos + _SNIPPET else "")
-    if close < 0:
-        why = f"{BOX_START} is never closed by {BOX_END}"
-    elif BOX_START in text[pos + len(BOX_START):close]:
+def _diagnose_box(text: str, pos: int, next_start: int) -> str:
+    """Why the `<|box_start|>` at `pos` begins no box; looks no further than the next `<|box_start|>`."""
+    limit = len(text) if next_start < 0 else next_start
+    close = text.find(BOX_END, pos + len(BOX_START), limit)
+    stop = min(limit if close < 0 else close + len(BOX_END), pos + _SNIPPET)
+    found = text[pos:stop] + ("..." if stop == pos + _SNIPPET and stop < len(text) else "")
+    if close >= 0:
+        why = "the box does not hold two points of non-negative whole numbers"
+    elif next_start >= 0:
         why = f"{BOX_START} is followed by another {BOX_START} before its {BOX_END}"
     else:
-        why = "the box does not hold two points of non-negative whole numbers"
+        why = f"{BOX_START} is never closed by {BOX_END}"
     return (f"{why}; found {found!r}. Write a box as {BOX_START}(x1,y1),(x2,y2){BOX_END} (color) with "
             f"whole numbers 0..1000, or delete the stray {BOX_START}")
 
