@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from comfy_api.latest import io
 
 import comfy.model_detection
 import comfy.utils
@@ -83,3 +84,9 @@ def vae_encode_fn(vae) -> Callable[[torch.Tensor], torch.Tensor]:
     def encode(pixels: torch.Tensor) -> torch.Tensor:
         return vae.encode(((pixels + 1.0) / 2.0).movedim(1, -1))
     return encode
+
+
+def size_input(name: str, purpose: str) -> io.Int.Input:
+    """An output-size widget (GOT_SPEC §9: 1024 by default), in steps of 8 like the core Empty Latent Image."""
+    return io.Int.Input(name, default=1024, min=64, max=8192, step=8,
+                        tooltip=f"Output image {name} in pixels (GoT renders 1024x1024); {purpose}")
