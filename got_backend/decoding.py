@@ -1,0 +1,227 @@
+"""Token sequences, KV-cached forward passes and the plain (Hugging Face dynamic-cache) decoder.
+
+A decoder holds the KV cache of one token sequence. `feed` brings the cache up to a whole sequence, reusing the
+longest prefix it already holds (same tokens and the same image objects) and running Hugging Face's forward over
+the rest; `step` appends one token and returns the next logits. Both paths share everything but the single-token
+step: `PlainDecoder` steps with Hugging Face's forward over a `DynamicCache` (the reference behaviour),
+`fast_decode.StaticDecoder` with a fixed-shape step over preallocated KV buffers.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from PIL import Image
+from transformers import DynamicCache
+
+from .positions import image_runs, mrope_positions
+
+
+@dataclass(frozen=True, eq=False)
+class VisionInput:
+    """One input image as the MLLM sees it (identity matters: KV reuse compares image objects)."""
+
+    image: Image.Image  # the 448x448 view
+    pixel_values: torch.Tensor  # the processor's patches [patches, 3 * t * p * p]
+    grid_thw: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    """A conversation as the MLLM reads it: token ids with the images whose pads they hold, in order."""
+
+    ids: tuple[int, ...]
+    images: tuple[VisionInput, ...] = ()
+
+    def __add__(self, ids: tuple[int, ...] | list[int]) -> TokenSequence:
+        return TokenSequence(self.ids + tuple(ids), self.images)
+
+    def with_image(self, pads: tuple[int, ...], image: VisionInput) -> TokenSequence:
+        return TokenSequence(self.ids + pads, self.images + (image,))
+
+
+@dataclass
+class Fed:
+    """What a forward pass over the new part of a sequence gives."""
+
+    logits: torch.Tensor  # float32 [vocab] for the token after the sequence
+    hidden: torch.Tensor | None  # final-norm hidden states of the tokens that were run, [1, T, D]
+    reused: int  # tokens whose KV came from the cache
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """Where a Qwen2.5-VL model keeps its decoder parts, across transformers versions (4.49: flat)."""
+
+    merge_size: int
+    image_pad_id: int
+    accepts_logits_to_keep: bool
+
+    @staticmethod
+    def of(model: torch.nn.Module) -> ModelLayout:
+        return ModelLayout(merge_size=model.config.vision_config.spatial_merge_size,
+                           image_pad_id=model.config.image_token_id,
+                           accepts_logits_to_keep=_accepts(type(model), "logits_to_keep"))
+
+
+@lru_cache(maxsize=None)
+def _accepts(model_type: type, name: str) -> bool:
+    return name in inspect.signature(model_type.forward).parameters
+
+
+def text_decoder(model: torch.nn.Module) -> torch.nn.Module:
+    """The language model (embed_tokens, layers, norm, rotary_emb): `model.model.language_model` from
+    transformers 4.52 on, `model.model` before."""
+    return getattr(model.model, "language_model", model.model)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return text_decoder(model).embed_tokens.weight.device
+
+
+def weights_signature(model: torch.nn.Module) -> tuple:
+    """Changes when any weight is moved or replaced (e.g. by ComfyUI's model management)."""
+    return tuple((p.data_ptr(), p.device, p.dtype) for p in model.parameters())
+
+
+def dynamic_cache(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A Hugging Face DynamicCache holding the given per-layer (keys, values) [1, kv_heads, T, head_dim]."""
+    cache = DynamicCache()
+    for layer, (keys, values) in enumerate(pairs):
+        cache.update(keys, values, layer)
+    return cache
+
+
+def cache_pairs(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per-layer (keys, values) of a DynamicCache (iteration yields them first in every version)."""
+    return [(entry[0], entry[1]) for entry in cache]
+
+
+def forward_segment(model: torch.nn.Module, layout: ModelLayout, ids: tuple[int, ...], positions: torch.Tensor,
+                    images: list[VisionInput], cache: DynamicCache | None,
+                    hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None, DynamicCache]:
+    """Hugging Face's forward over `ids` (positions [3, T]) on top of `cache`, with the images whose pads
+    they hold. Returns the float32 logits after the last token, the final-norm hidden states if asked, and
+    the grown cache."""
+    device = model_device(model)
+    kwargs = dict(input_ids=torch.tensor([ids], device=device), position_ids=positions[:, None, :].to(device),
+                  past_key_values=cache if cache is not None else DynamicCache(), use_cache=True, return_dict=True)
+    if images:
+        kwargs["pixel_values"] = torch.cat([image.pixel_values for image in images]).to(device)
+        kwargs["image_grid_thw"] = torch.tensor([image.grid_thw for image in images], device=device)
+    if hidden:
+        kwargs["output_hidden_states"] = True
+    if layout.accepts_logits_to_keep:
+        kwargs["logits_to_keep"] = 1
+    output = model(**kwargs)
+    logits = output.logits[0, -1].to(dtype=torch.float32, copy=True)
+    states = output.hidden_states[-1] if hidden else None  # after the final norm in every version
+    return logits, states, output.past_key_values
+
+
+def forward_sequence(model: torch.nn.Module, sequence: TokenSequence,
+                     hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward over a whole sequence without any cache (what the reference does for semantic tokens)."""
+    layout = ModelLayout.of(model)
+    grids = [image.grid_thw for image in sequence.images]
+    positions, _ = mrope_positions(sequence.ids, grids, layout.image_pad_id, layout.merge_size)
+    logits, states, _ = forward_segment(model, layout, sequence.ids, positions, list(sequence.images), None, hidden)
+    return logits, states
+
+
+class Decoder:
+    """The KV cache of one token sequence, fed by Hugging Face's forward; subclasses provide the step."""
+
+    kind = "abstract"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.layout = ModelLayout.of(model)
+        self.signature = weights_signature(model)
+        self.ids: list[int] = []
+        self.images: list[VisionInput] = []
+        self.delta = 0
+
+    def feed(self, sequence: TokenSequence, hidden: bool = False) -> Fed:
+        """Make the cache hold `sequence` (at least its last token is run) and return what comes next."""
+        if not sequence.ids:
+            raise ValueError("cannot feed an empty token sequence")
+        layout = self.layout
+        grids = [image.grid_thw for image in sequence.images]
+        positions, delta = mrope_positions(sequence.ids, grids, layout.image_pad_id, layout.merge_size)
+        runs = image_runs(sequence.ids, layout.image_pad_id,
+                          [t * h * w // layout.merge_size ** 2 for t, h, w in grids])
+        keep = self._reusable_prefix(sequence, runs)
+        new_images = [image for (start, _), image in zip(runs, sequence.images) if start >= keep]
+        logits, states = self._forward(keep, sequence.ids[keep:], positions[:, keep:], new_images, hidden)
+        self.ids, self.images, self.delta = list(sequence.ids), list(sequence.images), delta
+        return Fed(logits, states, keep)
+
+    def step(self, token: int) -> torch.Tensor:
+        """Append `token` (a text token) and return the float32 logits [vocab] of the one after it."""
+        slot = len(self.ids)
+        logits = self._step(token, slot, slot + self.delta)
+        self.ids.append(token)
+        return logits
+
+    def reserve(self, tokens: int) -> None:
+        """Room for a sequence of `tokens` tokens (static caches allocate it up front)."""
+
+    def take_capture_seconds(self) -> float:
+        """Seconds spent capturing CUDA graphs since the last call."""
+        return 0.0
+
+    def release(self) -> None:
+        """Drop the cache."""
+        self.ids, self.images = [], []
+
+    def _reusable_prefix(self, sequence: TokenSequence, runs: list[tuple[int, int]]) -> int:
+        limit = min(len(self.ids), len(sequence.ids) - 1)
+        keep = 0
+        while keep < limit and self.ids[keep] == sequence.ids[keep]:
+            keep += 1
+        for index, (start, end) in enumerate(runs):
+            if start >= keep:
+                break
+            if end > keep or index >= len(self.images) or self.images[index] is not sequence.images[index]:
+                return start
+        return keep
+
+    def _forward(self, keep: int, ids: tuple[int, ...], positions: torch.Tensor, images: list[VisionInput],
+                 hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run `ids` on top of the first `keep` cached tokens (dropping the rest of the cache)."""
+        raise NotImplementedError
+
+    def _step(self, token: int, slot: int, position: int) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PlainDecoder(Decoder):
+    """Hugging Face's forward with a DynamicCache for every token: what `generate` does by default."""
+
+    kind = "plain"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__(model)
+        self.cache: DynamicCache | None = None
+
+    def release(self) -> None:
+        super().release()
+        self.cache = None
+
+    def _forward(self, keep, ids, positions, images, hidden):
+        if keep == 0:
+            self.cache = None
+        elif keep < len(self.ids):
+            self.cache = dynamic_cache([(k[:, :, :keep], v[:, :, :keep]) for k, v in cache_pairs(self.cache)])
+        logits, states, self.cache = forward_segment(self.model, self.layout, ids, positions, images,
+                                                     self.cache, hidden)
+        return logits, states
+
+    def _step(self, token: int, slot: int, position: int) -> torch.Tensor:
+        positions = torch.full((3, 1), position, dtype=torch.long)
+        logits, _, self.cache = forward_segment(self.model, self.layout, (token,), positions, [], self.cache, False)
+        return logits

@@ -1,0 +1,363 @@
+"""GoT's reasoner: the Qwen2.5-VL MLLM that writes the chain and yields the semantic tokens.
+
+`GoTMLLM` loads the MLLM and GoT's two projectors, writes reasoning chains (`reason`, continued turn by turn
+with `continue_reasoning` for GOT_SPEC §10), takes user-written or edited chains (`user_chain`, `edit_chain`)
+and computes semantic guidance (`semantic_guidance`, §6). One KV cache is kept between calls so that semantic
+tokens and continuations reuse the generation's cache; `release_caches` (also done on cancel and on any
+failure) frees it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import torch
+import transformers
+from packaging.version import Version
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+from .decoding import (Decoder, PlainDecoder, TokenSequence, VisionInput, forward_sequence, model_device,
+                       weights_signature)
+from .fast_decode import StaticDecoder, UnsupportedModelError
+from .positions import image_runs
+from .prompts import (ImageInput, MissingImageError, PromptError, Task, chat_messages, condition_image,
+                      instruction)
+from .reasoning import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
+                        generate_turn)
+from .sampling import LogitsProcessor, SamplingSettings, TokenPicker
+from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project, projectors_from_state
+from .tokens import add_got_tokens, resolve_got_tokens
+
+log = logging.getLogger(__name__)
+
+Decoding = Literal["fast", "plain"]
+PROJECTORS_FILE = "got_projectors.safetensors"
+DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
+class MLLMLoadError(ValueError):
+    """The MLLM folder is missing files or does not fit GoT."""
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """torch.bfloat16/float16/float32 or one of their names ("bf16", "fp16", "fp32", ...)."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in DTYPES:
+        return DTYPES[dtype.lower()]
+    raise MLLMLoadError(f"unsupported MLLM dtype {dtype!r}: use bf16, fp16 or fp32")
+
+
+def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """`from_pretrained`'s dtype keyword: `dtype` from transformers 4.56, `torch_dtype` before."""
+    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
+
+
+def _folder_repetition_penalty(folder: Path) -> float:
+    """The repetition penalty of the folder's generation_config.json (what `generate` would apply)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return 1.0
+    return float(json.loads(path.read_text()).get("repetition_penalty", 1.0))
+
+
+def _require_files(folder: Path, names: Sequence[str], what: str) -> None:
+    if not folder.is_dir():
+        raise MLLMLoadError(f"{what} folder {folder} does not exist")
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise MLLMLoadError(f"{what} folder {folder} lacks {', '.join(missing)}")
+
+
+class GoTMLLM:
+    """The MLLM (`model`, a Qwen2_5_VLForConditionalGeneration), its processor and GoT's projectors."""
+
+    def __init__(self, model: nn.Module, processor, output_projector: nn.Linear, output_projector_add: nn.Linear,
+                 *, decoding: Decoding = "fast", repetition_penalty: float = 1.0) -> None:
+        if decoding not in ("fast", "plain"):
+            raise ValueError(f"decoding must be 'fast' or 'plain', not {decoding!r}")
+        self.model = model.eval().requires_grad_(False)
+        self.processor, self.tokenizer = processor, processor.tokenizer
+        self.tokens = resolve_got_tokens(self.tokenizer)
+        text_config = model.config.get_text_config()
+        self.hidden_size, self.vocab_size = text_config.hidden_size, text_config.vocab_size
+        for name, layer in (("output_projector", output_projector), ("output_projector_add", output_projector_add)):
+            if layer.in_features != self.hidden_size:
+                raise MLLMLoadError(f"{name} takes {layer.in_features} features but the MLLM's hidden size is "
+                                    f"{self.hidden_size}: the projectors and the MLLM come from different models")
+        self.output_projector = output_projector.eval().requires_grad_(False)
+        self.output_projector_add = output_projector_add.eval().requires_grad_(False)
+        self.context_size, self.pooled_size = output_projector.out_features, output_projector_add.out_features
+        self.decoding: Decoding = decoding
+        self.repetition_penalty = repetition_penalty  # default for `reason` (GoT inherits Qwen's generation config)
+        self.decoder_note: str | None = None  # why the fast decoder is not in use, if it is not
+        self._decoder: Decoder | None = None
+        self._stops: dict[int, StopReason] = {self.tokens.boi: "boi", self.tokens.vision_start: "vision_start",
+                                               self.tokens.endoftext: "endoftext"}
+
+    # Loading
+
+    @classmethod
+    def from_converted(cls, folder: str | Path, dtype: torch.dtype | str = torch.bfloat16,
+                       device: torch.device | str = "cpu", decoding: Decoding = "fast") -> GoTMLLM:
+        """A converted `models/LLM/GoT-6B/` folder: a transformers Qwen2.5-VL folder with GoT's tokens in
+        its tokenizer, plus `got_projectors.safetensors`."""
+        folder = Path(folder)
+        _require_files(folder, ("config.json", PROJECTORS_FILE, "preprocessor_config.json"), "converted GoT MLLM")
+        dtype = resolve_dtype(dtype)
+        processor = AutoProcessor.from_pretrained(folder)
+        resolve_got_tokens(processor.tokenizer)  # refuse a wrong tokenizer before loading gigabytes
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa",
+                                                                   **_dtype_argument(dtype))
+        projectors = projectors_from_state(load_file(folder / PROJECTORS_FILE))
+        return cls(model.to(device), processor, *(p.to(device) for p in projectors), decoding=decoding,
+                   repetition_penalty=_folder_repetition_penalty(folder))
+
+    # Devices
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    def to(self, device: torch.device | str) -> GoTMLLM:
+        """Move the MLLM and the projectors (dropping the KV cache and any CUDA graph)."""
+        self.release_caches()
+        self.model.to(device)
+        self.output_projector.to(device)
+        self.output_projector_add.to(device)
+        return self
+
+    def release_caches(self) -> None:
+        """Free the KV cache, its buffers and any captured CUDA graph."""
+        if self._decoder is not None:
+            self._decoder.release()
+        self._decoder = None
+
+    # Reasoning
+
+    def reason(self, prompt: str, image: ImageInput | None = None, *, task: Task | None = None,
+               assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False,
+               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+               repetition_penalty: float | None = None, logits_processor: Sequence[LogitsProcessor] = (),
+               on_token: Callable[[TokenEvent], None] | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> Reasoning:
+        """Write a reasoning chain for a text-to-image prompt, or for an edit of `image`.
+
+        `task` defaults to "edit" with an image and "t2i" without. Generation continues after
+        `assistant_prefix` (text the chain must start with) and stops on <|im_gen_start|>, <|vision_start|> or
+        <|endoftext|>, or after `max_new_tokens` (then `stop == "max_tokens"`). Greedy unless `do_sample`.
+        `repetition_penalty` defaults to the model folder's generation config. `logits_processor`: callables
+        (input_ids [1, N], scores [1, V]) -> scores, as in transformers. `on_token` gets a `TokenEvent` per
+        new token; `should_cancel` is checked between tokens and raises `ReasoningCancelled`."""
+        task = task or ("edit" if image is not None else "t2i")
+        if task == "edit" and image is None:
+            raise MissingImageError("an edit needs the image to edit: connect a source image, or use the "
+                                    "text-to-image task")
+        text = instruction(prompt, task)
+        view = condition_image(image, "input image") if image is not None else None
+        sequence = self._prompt_sequence(text, view)
+        prompt_length = len(sequence.ids)
+        sequence = sequence + self._encode(assistant_prefix)
+        return self._turn(sequence, prompt_length, prompt_length, prompt, task,
+                          self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
+                          max_new_tokens, logits_processor, on_token, should_cancel)
+
+    def continue_reasoning(self, previous: Reasoning, image: ImageInput | None = None, *,
+                           max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
+                           top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                           repetition_penalty: float | None = None,
+                           logits_processor: Sequence[LogitsProcessor] = (),
+                           on_token: Callable[[TokenEvent], None] | None = None,
+                           should_cancel: Callable[[], bool] | None = None) -> Reasoning:
+        """The next turn of a multi-turn reasoning (GOT_SPEC §10), as the reference continues it:
+        after <|im_gen_start|> the 64 image-query tokens are appended; after <|vision_start|> `image` (the last
+        rendered output) is appended as 256 image pads; after the token limit generation just goes on."""
+        if previous.stop == "endoftext":
+            raise ConversationError("this reasoning ended with <|endoftext|>: there is nothing to continue; "
+                                    "start a new one with reason()")
+        if previous.stop == "vision_start":
+            if image is None:
+                raise MissingImageError("the reasoning stopped on <|vision_start|>: it asks to see the last "
+                                        "rendered image; pass that image to continue")
+            sequence = self._with_image(previous.sequence, condition_image(image, "rendered image"))
+        elif image is not None:
+            raise ConversationError(f"the reasoning stopped on {previous.stop!r}, not <|vision_start|>: it does "
+                                    "not ask for an image; continue without one")
+        elif previous.stop == "boi":
+            sequence = previous.sequence + self.tokens.image_queries
+        else:
+            sequence = previous.sequence
+        return self._turn(sequence, len(sequence.ids), previous.prompt_length, previous.prompt, previous.task,
+                          self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
+                          max_new_tokens, logits_processor, on_token, should_cancel)
+
+    # User-written chains (interactive generation)
+
+    def edit_chain(self, reasoning: Reasoning, chain_text: str) -> Reasoning:
+        """`reasoning` with this turn's text replaced by `chain_text` (re-tokenized; marked edited)."""
+        if chain_text == reasoning.text:
+            return reasoning
+        prefix = reasoning.sequence.ids[:reasoning.turn_start]
+        images = reasoning.sequence.images[:self._images_before(reasoning.sequence, reasoning.turn_start)]
+        return self._chain(TokenSequence(prefix, images), chain_text, reasoning.prompt_length, reasoning.prompt,
+                           reasoning.task)
+
+    def user_chain(self, prompt: str, chain_text: str, image: ImageInput | None = None, *,
+                   task: Task | None = None) -> Reasoning:
+        """A chain the user wrote for `prompt` (and `image` for an edit), as if the MLLM had written it."""
+        task = task or ("edit" if image is not None else "t2i")
+        if task == "edit" and image is None:
+            raise MissingImageError("an edit chain needs the image it edits")
+        view = condition_image(image, "input image") if image is not None else None
+        sequence = self._prompt_sequence(instruction(prompt, task), view)
+        return self._chain(sequence, chain_text, len(sequence.ids), prompt, task)
+
+    # Semantic guidance
+
+    def semantic_guidance(self, reasoning: Reasoning, chain_text: str | None = None) -> SemanticGuidance:
+        """GOT_SPEC §6 for a turn that ends with <|im_gen_start|>. With `chain_text` different from the
+        turn's text, the edited chain is used (re-tokenized, one full forward, as the reference does);
+        otherwise the generation's KV cache is reused and only the <|im_gen_start|> + 64 query tokens run."""
+        if chain_text is not None:
+            reasoning = self.edit_chain(reasoning, chain_text)
+        if not reasoning.ready_for_image:
+            tail = reasoning.text[-60:]
+            raise ChainNotReadyError(
+                "semantic tokens need a chain that ends with <|im_gen_start|>; this one ends "
+                f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
+                "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
+        sequence = reasoning.sequence + self.tokens.image_queries
+        with self._cache_guard(), torch.no_grad():
+            if reasoning.edited:
+                _, states = forward_sequence(self.model, sequence, hidden=True)
+                reused = 0
+            else:
+                fed = self._acquire_decoder(len(sequence.ids)).feed(sequence, hidden=True)
+                states, reused = fed.hidden, fed.reused
+            self.output_projector.to(self.device)
+            self.output_projector_add.to(self.device)
+            return project(states[:, -IMAGE_QUERY_COUNT:], self.output_projector, self.output_projector_add, reused)
+
+    # Internals
+
+    def _settings(self, do_sample: bool, temperature: float, top_p: float, top_k: int, seed: int | None,
+                  repetition_penalty: float | None) -> SamplingSettings:
+        penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
+        return SamplingSettings(do_sample, temperature, top_p, top_k, seed, penalty)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def _prompt_sequence(self, text: str, view: Image.Image | None) -> TokenSequence:
+        """The chat-templated user turn with the generation prompt, as the processor tokenizes it."""
+        chat = self.processor.apply_chat_template(chat_messages(text, view is not None), tokenize=False,
+                                                  add_generation_prompt=True)
+        batch = self.processor(text=[chat], images=[view] if view is not None else None, return_tensors="pt")
+        ids = tuple(batch["input_ids"][0].tolist())
+        if view is None:
+            return TokenSequence(ids)
+        grid = tuple(int(n) for n in batch["image_grid_thw"][0])
+        return TokenSequence(ids, (VisionInput(view, batch["pixel_values"], grid),))
+
+    def _with_image(self, sequence: TokenSequence, view: Image.Image) -> TokenSequence:
+        """`sequence` + the image's pad tokens (the reference appends no <|vision_end|>; the model writes it)."""
+        batch = self.processor.image_processor(images=[view], return_tensors="pt")
+        grid = tuple(int(n) for n in batch["image_grid_thw"][0])
+        merge = self.model.config.vision_config.spatial_merge_size
+        pads = (self.tokens.image_pad,) * (grid[0] * grid[1] * grid[2] // merge ** 2)
+        return sequence.with_image(pads, VisionInput(view, batch["pixel_values"], grid))
+
+    def _images_before(self, sequence: TokenSequence, index: int) -> int:
+        merge = self.model.config.vision_config.spatial_merge_size
+        runs = image_runs(sequence.ids, self.tokens.image_pad, [t * h * w // merge ** 2 for t, h, w in
+                                                                  (image.grid_thw for image in sequence.images)])
+        return sum(1 for start, _ in runs if start < index)
+
+    def _chain(self, context: TokenSequence, chain_text: str, prompt_length: int, prompt: str,
+               task: Task) -> Reasoning:
+        if not isinstance(chain_text, str) or not chain_text.strip():
+            raise PromptError("the chain text is empty: write the chain (ending with <|im_gen_start|> to render)")
+        ids = self._encode(chain_text.rstrip())
+        forbidden = {self.tokens.image_pad, *self.tokens.image_queries} & set(ids)
+        if forbidden:
+            raise PromptError("the chain text contains image placeholder tokens (<|image_pad|> or <|im_gen_NNNN|>); "
+                              "remove them: images and image queries are inserted by the reasoner")
+        sequence = context + ids
+        return Reasoning(text=self._decode(ids), stop=self._stops.get(ids[-1], "max_tokens"), sequence=sequence,
+                         turn_start=len(context.ids), prompt_length=prompt_length, prompt=prompt, task=task,
+                         new_tokens=0, edited=True)
+
+    def _acquire_decoder(self, tokens: int) -> Decoder:
+        """The live decoder (rebuilt if the weights moved since it was made), with room for `tokens`."""
+        decoder = self._decoder
+        if decoder is not None and decoder.signature != weights_signature(self.model):
+            self.release_caches()
+            decoder = None
+        if decoder is None:
+            decoder = self._decoder = self._new_decoder()
+        decoder.reserve(tokens)
+        return decoder
+
+    def _new_decoder(self) -> Decoder:
+        if self.decoding == "plain":
+            return PlainDecoder(self.model)
+        try:
+            return StaticDecoder(self.model)
+        except (UnsupportedModelError, AttributeError) as err:
+            self.decoder_note = f"fast decoding unavailable ({err}); using the plain decoder"
+            log.warning("GoT reasoner: %s", self.decoder_note)
+            return PlainDecoder(self.model)
+
+    @contextmanager
+    def _cache_guard(self) -> Iterator[None]:
+        """Drop the KV cache when anything (a cancel included) interrupts work on it."""
+        try:
+            yield
+        except BaseException:
+            self.release_caches()
+            raise
+
+    def _turn(self, sequence: TokenSequence, turn_start: int, prompt_length: int, prompt: str, task: Task,
+              settings: SamplingSettings, max_new_tokens: int, processors: Sequence[LogitsProcessor],
+              on_token: Callable[[TokenEvent], None] | None,
+              should_cancel: Callable[[], bool] | None) -> Reasoning:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        if len(sequence.ids) > turn_start and sequence.ids[-1] in self._stops:  # the prefix already stops
+            return self._reasoning(sequence, turn_start, prompt_length, prompt, task, 0, None)
+        picker = TokenPicker(settings, sequence.ids, self.vocab_size, self.device, processors)
+        with self._cache_guard(), torch.no_grad():
+            decoder = self._acquire_decoder(len(sequence.ids) + max_new_tokens + IMAGE_QUERY_COUNT + 1)
+            out = generate_turn(decoder, sequence, picker, self._stops, max_new_tokens, self._decode,
+                                on_token, should_cancel)
+        steps = len(out.new_ids) - 1
+        stats = ReasoningStats(
+            decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=out.decode_seconds,
+            tokens_per_second=steps / out.decode_seconds if steps and out.decode_seconds > 0 else 0.0,
+            capture_seconds=decoder.take_capture_seconds(), reused_tokens=out.reused_tokens,
+            seed=picker.seed if settings.do_sample else None)
+        return self._reasoning(sequence + out.new_ids, turn_start, prompt_length, prompt, task,
+                               len(out.new_ids), stats, out.stop)
+
+    def _reasoning(self, sequence: TokenSequence, turn_start: int, prompt_length: int, prompt: str, task: Task,
+                   new_tokens: int, stats: ReasoningStats | None, stop: StopReason | None = None) -> Reasoning:
+        stop = stop or self._stops.get(sequence.ids[-1], "max_tokens")
+        return Reasoning(text=self._decode(sequence.ids[turn_start:]), stop=stop, sequence=sequence,
+                         turn_start=turn_start, prompt_length=prompt_length, prompt=prompt, task=task,
+                         new_tokens=new_tokens, stats=stats)
