@@ -154,6 +154,11 @@ def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConf
     findings = _Findings()
     merger = PeftMerger(lora_alpha)
     parts: dict[str, dict[str, torch.Tensor]] = {part: {} for _, part in PARTS if part != "mllm"}
+    origins: dict[str, str] = {}  # checkpoint key -> its file, for messages
+
+    def where(key: str) -> str:
+        return f"{key} ({origins[key]})"
+
     for shard in iter_shards(path):
         if not any(_route(k)[0] for k in shard.tensors):
             raise _not_got(shard.file, list(shard.tensors))
@@ -161,11 +166,12 @@ def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConf
             key, tensor = shard.tensors.popitem()
             report.tensors_read += 1
             report.bytes_read += tensor.numel() * tensor.element_size()
+            origins[key] = shard.file.name
             part, name = _route(key)
             if part is None:
-                findings.unplaced.append(f"{key} ({shard.file.name})")
+                findings.unplaced.append(where(key))
             elif part == "mllm":
-                merger.add(name, tensor, f"{key} ({shard.file.name})")
+                merger.add(name, tensor, where(key))
             else:
                 parts[part][name] = tensor
         report.files.append(shard.file.name)
@@ -174,11 +180,11 @@ def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConf
         del shard
 
     mllm, report.renamed_keys = _installed_mllm(merger, names, findings)
-    _check_projectors(parts, names, findings)
-    unet_config = _checked_diffusers_part("unet", parts["unet"], findings, infer_unet_config, unet_shapes,
+    _check_projectors(parts, names, findings, where)
+    unet_config = _checked_diffusers_part("unet", parts["unet"], findings, where, infer_unet_config, unet_shapes,
                                           pooled_dim=_pooled_dim(parts))
     vae = parts["vae"] or None
-    vae_config = _checked_diffusers_part("vae", vae, findings, infer_vae_config, vae_shapes) if vae else None
+    vae_config = _checked_diffusers_part("vae", vae, findings, where, infer_vae_config, vae_shapes) if vae else None
     if not mllm:
         findings.missing.append("mllm: the whole MLLM (no mllm.* tensors)")
     findings.raise_if_any(path)
@@ -222,18 +228,19 @@ def _installed_mllm(merger: PeftMerger, names: QwenNames, findings: _Findings) -
     return mllm, renamed
 
 
-def _check_projectors(parts: dict[str, dict[str, torch.Tensor]], names: QwenNames, findings: _Findings) -> None:
+def _check_projectors(parts: dict[str, dict[str, torch.Tensor]], names: QwenNames, findings: _Findings,
+                      where: Callable[[str], str]) -> None:
     hidden = names.shapes[names.embed_key][1] if names.shapes is not None else None
     for part in ("output_projector", "output_projector_add"):
         state = parts[part]
         weight = state.get("weight")
         if weight is None or weight.dim() != 2:
             findings.missing.append(f"{part}: {part}.projector.weight (an nn.Linear weight, 2-D)")
-            findings.unplaced += [f"{part}.projector.{k}" for k in state if k != "weight"]
+            findings.unplaced += [where(f"{part}.projector.{k}") for k in state if k != "weight"]
             continue
         rows, cols = weight.shape[0], hidden or weight.shape[1]
         findings.check_against(part, state, {"weight": torch.Size((rows, cols)), "bias": torch.Size((rows,))},
-                               lambda k, p=part: f"{p}.projector.{k}")
+                               lambda k, p=part: where(f"{p}.projector.{k}"))
 
 
 def _pooled_dim(parts: dict[str, dict[str, torch.Tensor]]) -> int | None:
@@ -241,8 +248,8 @@ def _pooled_dim(parts: dict[str, dict[str, torch.Tensor]]) -> int | None:
     return weight.shape[0] if weight is not None and weight.dim() == 2 else None
 
 
-def _checked_diffusers_part(part: str, state: dict[str, torch.Tensor], findings: _Findings, infer, shapes_of,
-                            **infer_kwargs) -> dict:
+def _checked_diffusers_part(part: str, state: dict[str, torch.Tensor], findings: _Findings,
+                            where: Callable[[str], str], infer, shapes_of, **infer_kwargs) -> dict:
     if not state:
         findings.missing.append(f"{part}: the whole {part.upper()} (no {part}.* tensors)")
         return {}
@@ -253,7 +260,7 @@ def _checked_diffusers_part(part: str, state: dict[str, torch.Tensor], findings:
     except (ConfigInferenceError, ValueError, TypeError) as err:
         findings.other.append(f"cannot work out the {part.upper()}'s structure: {err}")
         return {}
-    findings.check_against(part.upper(), state, expected, lambda k: f"{part}.{k}")
+    findings.check_against(part.upper(), state, expected, lambda k: where(f"{part}.{k}"))
     return config
 
 

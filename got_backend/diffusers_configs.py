@@ -60,6 +60,7 @@ def infer_unet_config(shapes: Shapes, pooled_dim: int | None = None) -> dict:
         raise ConfigInferenceError("the UNet has attention blocks without proj_in tensors")
     config = {
         "sample_size": 128,
+        "center_input_sample": False,
         "in_channels": _shape(shapes, "conv_in.weight", "UNet")[1],
         "out_channels": _shape(shapes, "conv_out.weight", "UNet")[0],
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in down_attention],

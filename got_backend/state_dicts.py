@@ -124,7 +124,7 @@ def _load_pickle(file: Path) -> object:
         # Only the zip format (torch >= 1.6) can be memory-mapped; older pickles load the plain way.
         return torch.load(file, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
-        if "Weights only load failed" in str(err):
+        if "Unsupported global" in str(err) or "Unsupported class" in str(err):
             raise UnsafeCheckpointError(
                 f"{file} is not a plain weights file: its pickle asks to run code or build objects other than "
                 "tensors, so it was refused for safety (loading it would execute whatever it carries). "
@@ -147,5 +147,6 @@ def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
 def _corrupt(file: Path, err: BaseException) -> CheckpointError:
     size = file.stat().st_size if file.exists() else 0
     reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
-    return CheckpointError(f"{file} ({size:,} bytes) is corrupt or truncated and cannot be read ({reason}). "
-                           "Delete it and download it again (compare its size with the one the download page lists).")
+    return CheckpointError(f"{file} ({size:,} bytes) is corrupt or truncated, or not a PyTorch weights file, and "
+                           f"cannot be read ({reason}). If it is part of GoT-6B, delete it and download it again "
+                           "(compare its size with the one the download page lists).")
