@@ -1,0 +1,139 @@
+"""GoT's denoising loop (GOT_SPEC §9): DDPM with SDXL's scheduler, a 12-channel UNet, four guidance branches.
+
+The reference runs the four branches C, T, I, U as one UNet call of batch 4 and steps diffusers'
+DDPMScheduler with the generator that drew the starting noise. `denoise` does the same; with
+`skip_zero_weight=True` (the default) it leaves out the branches whose guidance weight is 0 (U at the
+text-to-image defaults), which gives the same latents up to float rounding (tests/test_pipeline.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.utils.torch_utils import randn_tensor
+
+from .guidance import BRANCH_INPUTS, BRANCHES, GuidanceScales, combine_branches, combine_got_cfg, needed_branches
+
+# SDXL-base's scheduler_config.json, which the reference loads (clip_sample and thresholding off).
+SDXL_SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1, "clip_sample": False,
+    "thresholding": False, "sample_max_value": 1.0, "variance_type": "fixed_small",
+}
+DEFAULT_STEPS = 50
+DEFAULT_SEED = 42
+
+StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
+
+
+class DenoiseError(ValueError):
+    """Inputs to the denoising loop that do not fit together."""
+
+
+def sdxl_ddpm_scheduler() -> DDPMScheduler:
+    """A fresh DDPMScheduler with SDXL's config."""
+    return DDPMScheduler(**SDXL_SCHEDULER_CONFIG)
+
+
+def ddpm_timesteps(steps: int = DEFAULT_STEPS) -> list[int]:
+    """The timesteps the reference visits, e.g. 981, 961, ..., 1 for 50 steps ("leading" spacing, offset 1)."""
+    if not 1 <= steps <= SDXL_SCHEDULER_CONFIG["num_train_timesteps"]:
+        raise DenoiseError(f"steps must be between 1 and 1000, got {steps}")
+    scheduler = sdxl_ddpm_scheduler()
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything the UNet is conditioned on, for one image (batch 1)."""
+
+    context: torch.Tensor  # c [1, 64, D]: output_projector(h)
+    null_context: torch.Tensor  # c0 [1, 64, D]: output_projector(0)
+    pooled: torch.Tensor  # p [1, P]: SDXL's text_embeds, never nulled
+    reference: torch.Tensor  # [1, 4, h, w] VAE mode of the source (black for text-to-image), unscaled
+    spatial: torch.Tensor  # [1, 4, h, w] mean VAE mode of the coloured boxes, unscaled
+
+    def check(self, width: int, height: int) -> None:
+        latent = (1, 4, height // 8, width // 8)
+        for name in ("reference", "spatial"):
+            if tuple(getattr(self, name).shape) != latent:
+                raise DenoiseError(f"the {name} latent has shape {tuple(getattr(self, name).shape)}, but a "
+                                   f"{width}x{height} image needs {latent}; encode it at the output size")
+        if self.context.shape != self.null_context.shape:
+            raise DenoiseError(f"context {tuple(self.context.shape)} and null context "
+                               f"{tuple(self.null_context.shape)} differ in shape")
+
+
+def add_time_ids(width: int, height: int) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size (H, W), crop top-left (0, 0), target size (H, W)."""
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
+
+
+def branch_batch(cond: Conditioning, branches: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet's cross-attention context [B, 64, D] and extra input channels [B, 8, h, w] (reference,
+    spatial) for `branches`, in that order (GOT_SPEC §9's table)."""
+    contexts, extras = [], []
+    for name in branches:
+        inputs = BRANCH_INPUTS[name]
+        contexts.append(cond.context if inputs.context == "c" else cond.null_context)
+        reference = cond.reference if inputs.reference else torch.zeros_like(cond.reference)
+        spatial = cond.spatial if inputs.spatial else torch.zeros_like(cond.spatial)
+        extras.append(torch.cat([reference, spatial], dim=1))
+    return torch.cat(contexts), torch.cat(extras)
+
+
+def initial_latents(width: int, height: int, generator: torch.Generator, dtype: torch.dtype,
+                    device: torch.device, scheduler: DDPMScheduler) -> torch.Tensor:
+    """The starting noise [1, 4, H/8, W/8], drawn in `dtype` (the reference uses the VAE's dtype)."""
+    noise = randn_tensor((1, 4, height // 8, width // 8), generator=generator, device=device, dtype=dtype)
+    return noise * scheduler.init_noise_sigma
+
+
+@torch.no_grad()
+def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScales, *, width: int, height: int,
+            steps: int = DEFAULT_STEPS, generator: torch.Generator, latent_dtype: torch.dtype,
+            skip_zero_weight: bool = True, on_step: StepCallback | None = None) -> torch.Tensor:
+    """Run DDPM from seeded noise to the final latents [1, 4, H/8, W/8] (in the scheduler's space, i.e. still
+    multiplied by the VAE's scaling factor).
+
+    `generator` draws the starting noise and then, as in the reference, the noise each DDPM step adds.
+    Latents stay in `latent_dtype`; the UNet's inputs are cast to the UNet's dtype and its prediction back.
+    """
+    if width % 8 or height % 8:
+        raise DenoiseError(f"the output size {width}x{height} must be a multiple of 8 (the VAE downsamples by 8)")
+    cond.check(width, height)
+    device, unet_dtype = unet.device, unet.dtype
+    scheduler = sdxl_ddpm_scheduler()
+    scheduler.set_timesteps(steps, device=device)
+    latents = initial_latents(width, height, generator, latent_dtype, device, scheduler)
+
+    branches = needed_branches(*scales) if skip_zero_weight else BRANCHES
+    context, extra = (t.to(device, unet_dtype) for t in branch_batch(cond, branches))
+    batch = len(branches)
+    added = {"text_embeds": cond.pooled.to(device, unet_dtype).expand(batch, -1),
+             "time_ids": add_time_ids(width, height).to(device, unet_dtype).expand(batch, -1)}
+
+    for index, t in enumerate(scheduler.timesteps):
+        noisy = scheduler.scale_model_input(latents, t).to(unet_dtype).expand(batch, -1, -1, -1)
+        eps = unet(torch.cat([noisy, extra], dim=1), t, encoder_hidden_states=context,
+                   added_cond_kwargs=added, return_dict=False)[0].to(latent_dtype)
+        if skip_zero_weight:
+            guided = combine_branches(dict(zip(branches, eps.split(1))), *scales)
+        else:
+            guided = combine_got_cfg(*eps.split(1), *scales)
+        latents = scheduler.step(guided, t, latents, generator=generator, return_dict=False)[0]
+        if on_step is not None:
+            on_step(index + 1, steps)
+    return latents
+
+
+def decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Final latents -> pixels [1, 3, H, W] float32 in [0, 1]: latents / scaling factor through the VAE, then
+    (x / 2 + 0.5) clamped, computed in the VAE's dtype as the reference does."""
+    with torch.no_grad():
+        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
+    return (pixels / 2 + 0.5).clamp(0, 1).float()

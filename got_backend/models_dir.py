@@ -1,0 +1,181 @@
+"""Finding GoT's files in a ComfyUI-style models folder and loading the UNet and VAE from them.
+
+Two layouts are accepted (README, "Model files"):
+
+converted (`python -m got_backend.convert`)      released (as downloaded)
+  LLM/GoT-6B/  (config.json, model.safetensors,   LLM/GoT-6B/  (pytorch_model.bin.index.json + 5 shards)
+               got_projectors.safetensors, ...)   LLM/Qwen2.5-VL-3B-Instruct/  (tokenizer, processor, config)
+  diffusion_models/GoT-6B-unet.safetensors        (UNet and VAE are read from the release)
+  vae/GoT-6B-vae.safetensors or vae/sdxl_vae.safetensors
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+
+from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config
+from .state_dicts import CheckpointError, load_tensor_file
+
+DEFAULT_NAME = "GoT-6B"
+QWEN_BASE_NAME = "Qwen2.5-VL-3B-Instruct"
+RELEASE_INDEX = "pytorch_model.bin.index.json"
+CONVERTED_MARKER = "got_projectors.safetensors"
+SDXL_VAE_NAMES = ("sdxl_vae.safetensors", "sdxl-vae-fp16-fix.safetensors")
+LDM_VAE_MARKER = "encoder.down.0.block.0.conv1.weight"
+
+
+class ModelFilesError(ValueError):
+    """GoT's files are missing from the models folder, or are not what their names say."""
+
+
+@dataclass(frozen=True)
+class GoTFiles:
+    """Where GoT's parts are. A release has its UNet and VAE inside `mllm` (the checkpoint folder)."""
+
+    mllm: Path  # converted LLM folder, or the released GoT-6B folder
+    qwen_base: Path | None  # the Qwen2.5-VL-3B-Instruct folder (release only)
+    unet: Path | None  # None: inside the release
+    vae: Path | None  # None: inside the release
+
+    @property
+    def released(self) -> bool:
+        return self.qwen_base is not None
+
+
+def layout_help(models_dir: Path, name: str = DEFAULT_NAME) -> str:
+    return (f"GoT's files go into {models_dir} like this (ComfyUI's models folder):\n"
+            f"  either converted (python -m got_backend.convert --release GoT-6B --qwen {QWEN_BASE_NAME} "
+            f"--models {models_dir}):\n"
+            f"    LLM/{name}/                                config.json, model.safetensors, "
+            f"{CONVERTED_MARKER}, tokenizer files\n"
+            f"    diffusion_models/{name}-unet.safetensors\n"
+            f"    vae/{name}-vae.safetensors  (or SDXL's vae/sdxl_vae.safetensors)\n"
+            f"  or as released (https://huggingface.co/LucasFang/GoT-6B, "
+            f"https://huggingface.co/Qwen/{QWEN_BASE_NAME}):\n"
+            f"    LLM/{name}/                                {RELEASE_INDEX} + pytorch_model-0000N-of-00005.bin\n"
+            f"    LLM/{QWEN_BASE_NAME}/                 config.json, tokenizer and processor files")
+
+
+def locate(models_dir: str | Path, name: str = DEFAULT_NAME, vae: str | None = None) -> GoTFiles:
+    """GoT's files under `models_dir`; `vae` picks a file in `vae/` by name (default: `{name}-vae`, then
+    SDXL's). Raises ModelFilesError saying which files go where when something is missing."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        raise ModelFilesError(f"the models folder {models_dir} does not exist.\n{layout_help(models_dir, name)}")
+    llm = models_dir / "LLM" / name
+    if (llm / CONVERTED_MARKER).is_file() and (llm / "config.json").is_file():
+        unet = models_dir / "diffusion_models" / f"{name}-unet.safetensors"
+        if not unet.is_file():
+            raise ModelFilesError(f"found the converted MLLM {llm} but not its UNet {unet}.\n"
+                                  + layout_help(models_dir, name))
+        return GoTFiles(llm, None, unet, _find_vae(models_dir, name, vae))
+    if (llm / RELEASE_INDEX).is_file():
+        base = models_dir / "LLM" / QWEN_BASE_NAME
+        if not (base / "config.json").is_file():
+            raise ModelFilesError(f"found the released GoT checkpoint {llm} but not the {QWEN_BASE_NAME} folder "
+                                  f"{base} it needs (tokenizer, processor, config).\n" + layout_help(models_dir, name))
+        return GoTFiles(llm, base, None, _find_vae(models_dir, name, vae) if vae else None)
+    raise ModelFilesError(f"no GoT model named {name!r} in {models_dir}: {llm} holds neither a converted model "
+                          f"({CONVERTED_MARKER}) nor the release ({RELEASE_INDEX}).\n" + layout_help(models_dir, name))
+
+
+def _find_vae(models_dir: Path, name: str, chosen: str | None) -> Path:
+    folder = models_dir / "vae"
+    candidates = (chosen,) if chosen else (f"{name}-vae.safetensors", *SDXL_VAE_NAMES)
+    for candidate in candidates:
+        path = folder / candidate
+        if path.is_file() and path.parent == folder:
+            return path
+    raise ModelFilesError(f"no VAE in {folder}: looked for {', '.join(candidates)}. GoT uses SDXL's VAE; "
+                          f"put sdxl_vae.safetensors (or the converter's {name}-vae.safetensors) there.\n"
+                          + layout_help(models_dir, name))
+
+
+def _tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    try:
+        tensors = load_tensor_file(path)
+    except CheckpointError as err:
+        raise ModelFilesError(str(err)) from err
+    config = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            text = (handle.metadata() or {}).get("config")
+        config = json.loads(text) if text else None
+    return tensors, config
+
+
+def unet_from_state(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype,
+                    device: torch.device | str, source: str = "the UNet") -> UNet2DConditionModel:
+    """A diffusers UNet holding `state` exactly (strict), in `dtype` on `device`."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**config)
+    _load_strict(unet, state, source, dtype)
+    return unet.to(device).eval().requires_grad_(False)
+
+
+def vae_from_state(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype,
+                   device: torch.device | str, source: str = "the VAE") -> AutoencoderKL:
+    with torch.device("meta"):
+        vae = AutoencoderKL(**config)
+    _load_strict(vae, state, source, dtype)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> None:
+    """Put `state`'s tensors (cast to `dtype`) into a model built on the meta device; all or nothing."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} (needs {tuple(v.shape)})" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        problems = [f"{len(items)} {what}: {', '.join(items[:6])}" for what, items in
+                    (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if items]
+        raise ModelFilesError(f"{source} does not fit a {type(model).__name__} of its config; "
+                              + "; ".join(problems))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+
+
+def load_unet(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> UNet2DConditionModel:
+    """The converter's UNet file (diffusers names; config in the metadata, else read off the shapes)."""
+    path = Path(path)
+    state, config = _tensors_and_config(path)
+    try:
+        config = config or infer_unet_config({k: v.shape for k, v in state.items()})
+    except ConfigInferenceError as err:
+        raise ModelFilesError(f"{path} is not a GoT UNet in diffusers names: {err}") from err
+    if config.get("in_channels") != 12:
+        raise ModelFilesError(f"{path} is a UNet with {config.get('in_channels')} input channels; GoT's has 12 "
+                              "(noisy, reference and spatial latents). Use the converter's GoT-6B-unet.safetensors.")
+    return unet_from_state(state, config, dtype, device, str(path))
+
+
+def load_vae(path: str | Path, dtype: torch.dtype, device: torch.device | str) -> AutoencoderKL:
+    """A VAE file in diffusers names (the converter's) or in the original SDXL names (`sdxl_vae.safetensors`)."""
+    path = Path(path)
+    state, config = _tensors_and_config(path)
+    if LDM_VAE_MARKER in state:
+        state = _diffusers_vae_state(state)
+        config = None
+    try:
+        config = config or infer_vae_config({k: v.shape for k, v in state.items()})
+    except ConfigInferenceError as err:
+        raise ModelFilesError(f"{path} is not an SDXL-structured VAE: {err}") from err
+    return vae_from_state(state, config, dtype, device, str(path))
+
+
+def _diffusers_vae_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SDXL's original VAE names (encoder.down.N.block...) -> diffusers names, with diffusers' own converter."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    levels = len({k.split(".")[2] for k in state if k.split(".")[:2] == ["encoder", "down"]})
+    layout = {"down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels}
+    return convert_ldm_vae_checkpoint(state, layout)
