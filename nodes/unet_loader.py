@@ -107,6 +107,16 @@ class GoTUNetLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, unet_name: str, weight_dtype: str) -> bool | str:
+        # ComfyUI 0.3.64 does not check V3 combo values against their options: a workflow could name any path.
+        if unet_name not in folder_paths.get_filename_list("diffusion_models"):
+            return (f"{unet_name!r} is not a file in ComfyUI's diffusion_models folders; put the converted "
+                    "GoT-6B-unet.safetensors there and pick it from the list")
+        if weight_dtype not in WEIGHT_DTYPES:
+            return f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}"
+        return True
+
+    @classmethod
     def execute(cls, unet_name: str, weight_dtype: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         return io.NodeOutput(load_got_unet(path, WEIGHT_DTYPES[weight_dtype]))

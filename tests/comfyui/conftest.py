@@ -15,7 +15,9 @@ Fixtures (session-scoped; reuse them in any test under tests/comfyui/):
 - `comfyui_server` -> ComfyServer: `python main.py --cpu` on a free loopback port with
   `--base-directory` a temporary folder whose custom_nodes/comfyui-got links to this checkout, the tiny models
   through `--extra-model-paths-config`, and an in-memory database, so nothing is written into COMFYUI_DIR.
-  Methods: object_info(), submit(graph) -> (http status, body), run(graph) -> /history entry, log().
+  Methods: object_info(), submit(graph) -> (http status, body), run(graph) -> /history entry,
+  execution_error(entry) -> the node error of a failed prompt, log();
+  `base_dir / "models" / <folder>` is one more model folder a test may write files into (e.g. a bad UNet).
 """
 
 from __future__ import annotations
@@ -132,6 +134,18 @@ def _load_pack() -> types.ModuleType:
 
 
 @pytest.fixture(scope="session")
+def inprocess_rerun_python(comfyui_root: Path) -> str:
+    """The python to re-run the in-process tests with, when this interpreter cannot import ComfyUI."""
+    if comfyui_importable_here() is None:
+        pytest.skip("not needed: this interpreter imports ComfyUI, so the in-process tests ran directly")
+    python = os.environ.get("COMFYUI_PYTHON")
+    if not python:
+        loud_skip(f"in-process ComfyUI tests skipped: {sys.executable} lacks ComfyUI's dependencies and "
+                  f"COMFYUI_PYTHON is not set; {HARNESS_HINT}")
+    return python
+
+
+@pytest.fixture(scope="session")
 def inproc(comfyui_root: Path, tiny_models_dir: Path) -> InProcessComfy:
     missing = comfyui_importable_here()
     if missing is not None:
@@ -201,13 +215,13 @@ class ComfyServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-
-def execution_error(entry: dict) -> dict | None:
-    """The `execution_error` message of a /history entry, or None."""
-    for kind, data in entry.get("status", {}).get("messages", []):
-        if kind == "execution_error":
-            return data
-    return None
+    @staticmethod
+    def execution_error(entry: dict) -> dict | None:
+        """The `execution_error` message of a /history entry (node_type, exception_message, ...), or None."""
+        for kind, data in entry.get("status", {}).get("messages", []):
+            if kind == "execution_error":
+                return data
+        return None
 
 
 def _free_port() -> int:
@@ -227,6 +241,7 @@ def _write_model_paths(models_dir: Path, yaml_path: Path) -> None:
 def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("comfyui_base")
     (base / "custom_nodes").mkdir()
+    (base / "models" / "diffusion_models").mkdir(parents=True)  # ComfyUI's own default, for test-made files
     (base / "custom_nodes" / "comfyui-got").symlink_to(REPO, target_is_directory=True)
     yaml_path = base / "extra_model_paths.yaml"
     _write_model_paths(tiny_models_dir, yaml_path)
