@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config, unet_shapes, vae_shapes
-from .peft_merge import GOT_LORA_ALPHA, PeftMerger
+from .peft_merge import GOT_LORA_ALPHA, MergeStats, PeftMerger
 from .qwen_names import QwenNames, load_qwen_config, qwen_names
 from .state_dicts import CheckpointError, UnsafeCheckpointError, iter_shards
 
@@ -33,8 +33,8 @@ PARTS = (("mllm.", "mllm"), ("output_projector.projector.", "output_projector"),
 LISTED = 12  # names shown per list in an error message
 
 # Key prefixes of files people mistake for GoT-6B, and what they are.
-FOREIGN = (("model.diffusion_model.", "an SDXL/SD checkpoint (ComfyUI/SGM layout); load it with ComfyUI's checkpoint loader"),
-           ("conditioner.embedders.", "an SDXL checkpoint (ComfyUI/SGM layout); load it with ComfyUI's checkpoint loader"),
+SDXL_FILE = "an SDXL/SD checkpoint (ComfyUI/SGM layout); load it with ComfyUI's checkpoint loader"
+FOREIGN = (("model.diffusion_model.", SDXL_FILE), ("conditioner.embedders.", SDXL_FILE),
            ("down_blocks.", "a bare diffusers UNet, not the GoT release"),
            ("encoder.down_blocks.", "a bare diffusers VAE, not the GoT release"),
            ("model.layers.", "a bare language model (e.g. Qwen2.5-VL), not the GoT release"),
@@ -138,7 +138,8 @@ def _not_got(file: Path, keys: list[str]) -> CheckpointError:
         "pytorch_model.bin.index.json and pytorch_model-0000N-of-00005.bin; put it in models/LLM/GoT-6B.")
 
 
-def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConfig | None = None, *, lora_alpha: float = GOT_LORA_ALPHA,
+def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConfig | None = None, *,
+                        lora_alpha: float = GOT_LORA_ALPHA,
                         on_shard: Callable[[Path], None] | None = None) -> GoTWeights:
     """Read a GoT checkpoint (released folder, index json, single .bin or .safetensors) shard by shard.
 
@@ -189,21 +190,26 @@ def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConf
         findings.missing.append("mllm: the whole MLLM (no mllm.* tensors)")
     findings.raise_if_any(path)
 
-    tie = names.lm_head_key not in mllm or torch.equal(mllm[names.lm_head_key], mllm[names.embed_key])
-    stats = merger.stats
+    # GoT's modules_to_save copies of lm_head and embed_tokens were trained apart, which unties them.
+    tie = names.lm_head_key not in mllm or (
+        names.embed_key in mllm and torch.equal(mllm[names.lm_head_key], mllm[names.embed_key]))
+    _summarise(report, merger.stats, {"mllm": mllm, **parts}, tie)
+    return GoTWeights(mllm=mllm, output_projector=parts["output_projector"],
+                      output_projector_add=parts["output_projector_add"], unet=parts["unet"], vae=vae,
+                      unet_config=unet_config, vae_config=vae_config, tie_word_embeddings=tie, report=report)
+
+
+def _summarise(report: CheckpointReport, stats: MergeStats, parts: dict[str, dict[str, torch.Tensor]],
+               tie: bool) -> None:
     report.peft_wrapped = stats.peft_wrapped > 0
     report.lora_pairs_merged = stats.lora_pairs_merged
     report.lora_ranks = tuple(sorted(stats.lora_ranks))
     report.modules_to_save_taken = stats.modules_to_save_taken
     report.originals_dropped = stats.originals_dropped
     report.tie_word_embeddings = tie
-    all_parts = {"mllm": mllm, **parts}
-    for part, state in all_parts.items():
+    for part, state in parts.items():
         report.tensors[part] = len(state)
         report.dtypes[part] = dict(Counter(str(t.dtype).removeprefix("torch.") for t in state.values()))
-    return GoTWeights(mllm=mllm, output_projector=parts["output_projector"],
-                      output_projector_add=parts["output_projector_add"], unet=parts["unet"], vae=vae,
-                      unet_config=unet_config, vae_config=vae_config, tie_word_embeddings=tie, report=report)
 
 
 def _installed_mllm(merger: PeftMerger, names: QwenNames, findings: _Findings) -> tuple[dict[str, torch.Tensor], int]:

@@ -109,15 +109,19 @@ def convert_release(release_dir: str | Path, qwen_base_dir: str | Path, models_d
     out = OutputPaths.under(models_dir, name)
     _check_inputs(release_dir, qwen_base_dir, models_dir, out, overwrite)
 
-    say(f"reading {release_dir} shard by shard")
-    weights = read_got_checkpoint(release_dir, qwen_base_dir, lora_alpha=lora_alpha,
-                                  on_shard=lambda file: say(f"  read {file.name}"))
-    report = ConversionReport(weights.report, tie_word_embeddings=weights.tie_word_embeddings)
     staging = models_dir / "LLM" / f".{name}.converting"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        _write_mllm_folder(weights, qwen_base_dir, staging, say)
+        # Tokenizer first: a wrong one fails before gigabytes are read, and its memory is gone before they are.
+        say("adding GoT's tokens to the Qwen2.5-VL tokenizer")
+        _write_tokenizer_and_processor(qwen_base_dir, staging)
+        say(f"reading {release_dir} shard by shard")
+        weights = read_got_checkpoint(release_dir, qwen_base_dir, lora_alpha=lora_alpha,
+                                      on_shard=lambda file: say(f"  read {file.name}"))
+        report = ConversionReport(weights.report, tie_word_embeddings=weights.tie_word_embeddings)
+        _write_config(qwen_base_dir, staging, weights)
+        _write_mllm_weights(weights, staging, say)
         _write_diffusers_part(weights.unet, weights.unet_config, out.unet, UNET_DTYPE, report, say)
         if weights.vae is not None:
             _write_diffusers_part(weights.vae, weights.vae_config, out.vae, None, report, say)
@@ -155,12 +159,7 @@ def _check_inputs(release_dir: Path, qwen_base_dir: Path, models_dir: Path, out:
                               + ". Delete these files to convert again (or pass --overwrite).")
 
 
-def _write_mllm_folder(weights: GoTWeights, qwen_base_dir: Path, folder: Path, say: Callable[[str], None]) -> None:
-    _write_config(qwen_base_dir, folder, weights)
-    _write_tokenizer(qwen_base_dir, folder)
-    for name in QWEN_COPIED:
-        if (qwen_base_dir / name).is_file():
-            shutil.copyfile(qwen_base_dir / name, folder / name)
+def _write_mllm_weights(weights: GoTWeights, folder: Path, say: Callable[[str], None]) -> None:
     if weights.tie_word_embeddings:  # equal to embed_tokens (or absent): the model ties it back on load
         weights.mllm.pop(qwen_names().lm_head_key, None)
     say(f"writing the MLLM ({len(weights.mllm)} tensors)")
@@ -187,9 +186,12 @@ def _write_config(qwen_base_dir: Path, folder: Path, weights: GoTWeights) -> Non
                               f"{folder / 'config.json'}; please report this with your transformers version")
 
 
-def _write_tokenizer(qwen_base_dir: Path, folder: Path) -> None:
+def _write_tokenizer_and_processor(qwen_base_dir: Path, folder: Path) -> None:
     from transformers import AutoTokenizer
 
+    for name in QWEN_COPIED:
+        if (qwen_base_dir / name).is_file():
+            shutil.copyfile(qwen_base_dir / name, folder / name)
     tokenizer = AutoTokenizer.from_pretrained(qwen_base_dir)
     add_got_tokens(tokenizer)
     resolve_got_tokens(tokenizer)

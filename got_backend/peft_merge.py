@@ -95,8 +95,9 @@ class PeftMerger:
             self._place(name, tensor, source)
         self._originals.clear()
         for module, layer in self._layers.items():
-            have = [n for n, t in (("base_layer.weight", layer.base), ("lora_A", layer.a), ("lora_B", layer.b)) if t is not None]
-            lacking = [n for n in ("base_layer.weight", "lora_A", "lora_B") if n not in have]
+            pieces = {"base_layer.weight": layer.base, "lora_A": layer.a, "lora_B": layer.b}
+            have = [n for n, t in pieces.items() if t is not None]
+            lacking = [n for n, t in pieces.items() if t is None]
             self.problems.append(f"LoRA layer {module} is incomplete: has {', '.join(have)} "
                                  f"({', '.join(layer.sources)}) but no {', '.join(lacking)}")
         self._layers.clear()

@@ -61,7 +61,8 @@ def _weights_in_folder(folder: Path) -> Path:
     raise CheckpointError(
         f"{folder} holds no checkpoint index ({' or '.join(INDEX_NAMES)}) and not exactly one weights file "
         f"(found: {found}). GoT-6B is released as pytorch_model.bin.index.json plus "
-        "pytorch_model-00001-of-00005.bin ... pytorch_model-00005-of-00005.bin; download all six files into this folder.")
+        "pytorch_model-00001-of-00005.bin ... pytorch_model-00005-of-00005.bin; "
+        "download all six files into this folder.")
 
 
 def _indexed_files(index_path: Path) -> tuple[list[Path], dict[Path, frozenset[str]]]:

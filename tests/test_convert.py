@@ -110,18 +110,17 @@ def test_unet_config_of_the_real_sdxl_size_is_inferred_from_shapes():
 
 
 def test_tokenizer_resolves_got_tokens_at_the_released_ids(tiny_models_dir, tiny_release):
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor
 
     folder = mllm_folder(tiny_models_dir)
-    ids = resolve_got_tokens(AutoTokenizer.from_pretrained(folder))
-    assert (ids.boi, ids.eoi, ids.image_queries[0], ids.image_queries[-1]) == (151665, 151666, 151667, 151730)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert {name: tokenizer.convert_tokens_to_ids(name) for name in EXPECTED_IDS} == EXPECTED_IDS
-    with pytest.raises(GotTokenizerError):  # the base tokenizer lacks them: the conversion added them
-        resolve_got_tokens(AutoTokenizer.from_pretrained(tiny_release.qwen_base))
     processor = AutoProcessor.from_pretrained(folder)
-    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+    ids = resolve_got_tokens(processor.tokenizer)
+    assert (ids.boi, ids.eoi, ids.image_queries[0], ids.image_queries[-1]) == (151665, 151666, 151667, 151730)
+    assert {name: processor.tokenizer.convert_tokens_to_ids(name) for name in EXPECTED_IDS} == EXPECTED_IDS
     base = AutoProcessor.from_pretrained(tiny_release.qwen_base)
+    with pytest.raises(GotTokenizerError):  # the base tokenizer lacks them: the conversion added them
+        resolve_got_tokens(base.tokenizer)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == \
         base.apply_chat_template(messages, add_generation_prompt=True)
     for name in ("preprocessor_config.json", "chat_template.json", "generation_config.json"):
