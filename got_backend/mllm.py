@@ -122,6 +122,37 @@ class GoTMLLM:
         return cls(model.to(device), processor, *(p.to(device) for p in projectors), decoding=decoding,
                    repetition_penalty=_folder_repetition_penalty(folder))
 
+    @classmethod
+    def from_release(cls, got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str = torch.bfloat16,
+                     device: torch.device | str = "cpu", decoding: Decoding = "fast") -> GoTMLLM:
+        """Straight from the released GoT-6B folder (pickle shards, read with weights_only) and the user's
+        Qwen2.5-VL-3B-Instruct folder (config, tokenizer, processor); GoT's tokens are added to the tokenizer."""
+        from .checkpoint import read_got_checkpoint
+        from .qwen_names import load_qwen_config
+
+        qwen_dir = Path(qwen_dir)
+        _require_files(qwen_dir, ("config.json", "preprocessor_config.json", "tokenizer_config.json"),
+                       "Qwen2.5-VL-3B-Instruct")
+        dtype = resolve_dtype(dtype)
+        processor = AutoProcessor.from_pretrained(qwen_dir)
+        add_got_tokens(processor.tokenizer)
+        resolve_got_tokens(processor.tokenizer)
+        weights = read_got_checkpoint(got_dir, qwen_dir)
+        config = load_qwen_config(qwen_dir, tie_word_embeddings=weights.tie_word_embeddings)
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=weights.mllm, output_loading_info=True, attn_implementation="sdpa",
+            **_dtype_argument(dtype))
+        problems = [f"{kind}: {', '.join(sorted(info[kind])[:8])}" for kind in
+                    ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
+        if problems:
+            raise MLLMLoadError(f"the MLLM weights of {got_dir} do not fit the Qwen2.5-VL model of {qwen_dir} ("
+                                + "; ".join(problems) + "): use the Qwen2.5-VL-3B-Instruct folder GoT was trained from")
+        state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
+                 for key, value in getattr(weights, part).items()}
+        projectors = projectors_from_state(state)
+        return cls(model.to(device), processor, *(p.to(device) for p in projectors), decoding=decoding,
+                   repetition_penalty=_folder_repetition_penalty(qwen_dir))
+
     # Devices
 
     @property
@@ -139,6 +170,11 @@ class GoTMLLM:
         self.output_projector.to(device)
         self.output_projector_add.to(device)
         return self
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
+        return len(self._decoder.ids) if self._decoder is not None else 0
 
     def release_caches(self) -> None:
         """Free the KV cache, its buffers and any captured CUDA graph."""
@@ -176,7 +212,7 @@ class GoTMLLM:
                           max_new_tokens, logits_processor, on_token, should_cancel)
 
     def continue_reasoning(self, previous: Reasoning, image: ImageInput | None = None, *,
-                           max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
+                           assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
                            top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                            repetition_penalty: float | None = None,
                            logits_processor: Sequence[LogitsProcessor] = (),
@@ -184,7 +220,8 @@ class GoTMLLM:
                            should_cancel: Callable[[], bool] | None = None) -> Reasoning:
         """The next turn of a multi-turn reasoning (GOT_SPEC §10), as the reference continues it:
         after <|im_gen_start|> the 64 image-query tokens are appended; after <|vision_start|> `image` (the last
-        rendered output) is appended as 256 image pads; after the token limit generation just goes on."""
+        rendered output) is appended as 256 image pads; after the token limit generation just goes on.
+        `assistant_prefix` is text the new turn starts with (a replayed or edited turn), as in `reason`."""
         if previous.stop == "endoftext":
             raise ConversationError("this reasoning ended with <|endoftext|>: there is nothing to continue; "
                                     "start a new one with reason()")
@@ -200,7 +237,8 @@ class GoTMLLM:
             sequence = previous.sequence + self.tokens.image_queries
         else:
             sequence = previous.sequence
-        return self._turn(sequence, len(sequence.ids), previous.prompt_length, previous.prompt, previous.task,
+        turn_start = len(sequence.ids)
+        return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length, previous.prompt, previous.task,
                           self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
                           max_new_tokens, logits_processor, on_token, should_cancel)
 

@@ -29,14 +29,16 @@ class SamplingSettings:
     repetition_penalty: float = 1.0
 
     def check(self) -> None:
+        if self.repetition_penalty <= 0:
+            raise SamplingError(f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}")
+        if not self.do_sample:
+            return
         if self.temperature <= 0:
             raise SamplingError(f"temperature must be > 0, got {self.temperature} (use do_sample=False for greedy)")
         if not 0 < self.top_p <= 1:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            raise SamplingError(f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}")
 
 
 class TokenPicker:
