@@ -1,7 +1,48 @@
-"""The pack's own ComfyUI socket types, shared by every node family."""
+"""The pack's own ComfyUI socket types, shared by every node family, and the GOT_CHAIN value.
+
+- GOT_MLLM carries a `model_management.ManagedMLLM` (the MLLM under ComfyUI's model management).
+- GOT_CHAIN carries a `ReasonedChain`: the chain of the current turn as parsed text (a got_backend GoTChain, so
+  layout code takes it as is) plus the Reasoning it belongs to, which semantic guidance needs (prompt, image,
+  earlier turns; and the KV cache to reuse while the text is unedited).
+- GOT_BRANCHES carries the four guidance-branch conditionings of the SSGM Conditioner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 from comfy_api.latest import io
+
+from ..got_backend.chain import GoTChain, parse_chain
+from ..got_backend.reasoning import Reasoning
 
 GotMLLM = io.Custom("GOT_MLLM")
 GotChain = io.Custom("GOT_CHAIN")
 GotBranches = io.Custom("GOT_BRANCHES")
+
+
+class ChainWithoutReasoningError(ValueError):
+    """A chain typed with no GoT Reasoner upstream was used where the prompt it answers is needed."""
+
+
+@dataclass(frozen=True)
+class ReasonedChain(GoTChain):
+    # None: typed into the Chain Parser with no reasoner upstream (layout works; semantic tokens cannot).
+    reasoning: Reasoning | None = None
+
+
+def reasoned_chain(text: str, reasoning: Reasoning | None, *, strict: bool = False) -> ReasonedChain:
+    """`text` parsed (strict: a malformed box is a ChainError, for text a person typed) with its Reasoning."""
+    chain = parse_chain(text, strict=strict)
+    return ReasonedChain(chain.text, chain.objects, chain.issues, reasoning)
+
+
+def chain_reasoning(chain: GoTChain) -> Reasoning:
+    """The Reasoning a GOT_CHAIN value belongs to (the prompt, image and earlier turns its text goes with)."""
+    reasoning = getattr(chain, "reasoning", None)
+    if reasoning is None:
+        raise ChainWithoutReasoningError(
+            "this chain was typed into a GoT Chain Parser with no GoT Reasoner connected, so there is no prompt "
+            "to read it with: connect the Reasoner's chain output to the Chain Parser's `chain` input (your "
+            "typed text then replaces the reasoner's chain)")
+    return reasoning

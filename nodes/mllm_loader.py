@@ -1,0 +1,115 @@
+"""GoT MLLM Loader: the reasoning MLLM from ComfyUI's `models/LLM` folder, under ComfyUI's model management.
+
+Model folders are chosen from lists, never typed: a shared workflow can only name a folder directly inside one
+of ComfyUI's LLM model folders (models/LLM, or what extra_model_paths.yaml adds under `LLM`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from comfy_api.latest import io
+
+import folder_paths
+
+from ..got_backend.mllm import GoTMLLM
+from ..got_backend.models_dir import CONVERTED_MARKER, QWEN_BASE_NAME, RELEASE_INDEX
+from .model_management import DTYPE_CHOICES, ManagedMLLM, mllm_devices, mllm_dtype
+from .types import GotMLLM
+
+LLM_FOLDER = "LLM"
+MODEL_MARKERS = ("config.json", RELEASE_INDEX)
+NO_QWEN = "(converted: not needed)"
+
+
+class ModelFolderError(ValueError):
+    """A model folder name that is not a model folder inside ComfyUI's LLM folders."""
+
+
+def register_llm_folder() -> None:
+    """Make ComfyUI's models/LLM a model folder (kept if extra_model_paths.yaml already added LLM paths)."""
+    folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+
+
+def _model_folders() -> dict[str, Path]:
+    """Folders directly inside the LLM folders that hold a model (config.json or a release index), by name;
+    the first LLM folder wins a name found twice."""
+    register_llm_folder()
+    found: dict[str, Path] = {}
+    for root in map(Path, folder_paths.get_folder_paths(LLM_FOLDER)):
+        entries = sorted(root.iterdir()) if root.is_dir() else []
+        for entry in entries:
+            if entry.is_dir() and any((entry / marker).is_file() for marker in MODEL_MARKERS):
+                found.setdefault(entry.name, entry)
+    return found
+
+
+def model_folder_names() -> list[str]:
+    return sorted(_model_folders())
+
+
+def resolve_model_folder(name: str) -> Path:
+    """The folder a listed name stands for; anything else (a path, `..`, a name not listed) is refused."""
+    folders = _model_folders()
+    if name not in folders:
+        raise ModelFolderError(f"{name!r} is not a model folder in ComfyUI's LLM folders "
+                               f"({', '.join(folder_paths.get_folder_paths(LLM_FOLDER))}); pick one from the list")
+    return folders[name]
+
+
+def load_got_mllm(name: str, qwen_name: str, dtype_choice: str) -> ManagedMLLM:
+    """A converted GoT folder, or the released GoT-6B folder read with the Qwen2.5-VL-3B-Instruct folder."""
+    folder = resolve_model_folder(name)
+    load_device, offload_device = mllm_devices()
+    dtype = mllm_dtype(dtype_choice, load_device)
+    if (folder / CONVERTED_MARKER).is_file():
+        got = GoTMLLM.from_converted(folder, dtype=dtype, device=offload_device)
+    elif (folder / RELEASE_INDEX).is_file():
+        if qwen_name == NO_QWEN:
+            raise ModelFolderError(
+                f"{name} is the GoT-6B release (pickle shards), which needs the {QWEN_BASE_NAME} folder for its "
+                f"tokenizer and config: choose it in qwen_folder, or convert once with `python -m got_backend.convert`"
+                " and pick the converted folder")
+        got = GoTMLLM.from_release(folder, resolve_model_folder(qwen_name), dtype=dtype, device=offload_device)
+    else:
+        raise ModelFolderError(
+            f"{name} holds a model but not GoT's: it has no {CONVERTED_MARKER} (a converted GoT) and no "
+            f"{RELEASE_INDEX} (the GoT-6B release). Pick the GoT folder; {QWEN_BASE_NAME} goes in qwen_folder")
+    return ManagedMLLM(got, name, load_device, offload_device)
+
+
+class GoTMLLMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        folders = model_folder_names()
+        return io.Schema(
+            node_id="GoTMLLMLoader",
+            display_name="GoT MLLM Loader",
+            category="GoT/loaders",
+            description="Loads GoT's reasoning MLLM (Qwen2.5-VL-3B with GoT's LoRA merged, plus the two projectors "
+                        "that turn its hidden states into the UNet's semantic tokens) from models/LLM. ComfyUI "
+                        "manages its memory like any model: it is moved to the GPU only while it reasons, and "
+                        "'Unload models' frees it.",
+            inputs=[
+                io.Combo.Input("model_folder", options=folders,
+                               tooltip="The GoT MLLM folder in models/LLM: a converted folder (with "
+                                       f"{CONVERTED_MARKER}, from `python -m got_backend.convert`) or the raw "
+                                       "GoT-6B release (pytorch_model.bin.index.json and 5 .bin shards)."),
+                io.Combo.Input("qwen_folder", options=[NO_QWEN, *folders], default=NO_QWEN,
+                               tooltip=f"Only for the raw GoT-6B release: the {QWEN_BASE_NAME} folder in models/LLM "
+                                       "(tokenizer, processor and config). A converted folder already has them."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16 on a GPU, "
+                                       "fp32 on the CPU."),
+            ],
+            outputs=[GotMLLM.Output("mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
+                                                    "Conditioner.")],
+        )
+
+    @classmethod
+    def execute(cls, model_folder: str, qwen_folder: str, dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(load_got_mllm(model_folder, qwen_folder, dtype))
+
+
+NODES: list[type[io.ComfyNode]] = [GoTMLLMLoader]

@@ -1,0 +1,98 @@
+"""The GoT MLLM under ComfyUI's model management.
+
+The MLLM and its two projectors sit behind one `comfy.model_patcher.ModelPatcher`, so ComfyUI accounts for them,
+moves them to the GPU with `load_models_gpu` before every use, offloads them when another model needs the
+memory, and unloads them on "Unload models" (POST /free) like any checkpoint. When ComfyUI detaches the model,
+the reasoner's KV cache (kept between the Reasoner and the SSGM Conditioner for reuse) is dropped too, so no
+VRAM stays behind. Cancel drops the cache inside `GoTMLLM` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+import comfy.model_management
+import comfy.model_patcher
+from comfy.patcher_extension import CallbacksMP
+
+from ..got_backend.chain import GoTChain
+from ..got_backend.mllm import GoTMLLM
+from ..got_backend.semantic import SemanticGuidance
+from .types import chain_reasoning
+
+DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
+_FIXED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class PartialLoadError(RuntimeError):
+    """ComfyUI placed only part of the MLLM on its device; a transformers model cannot run split like that."""
+
+
+def mllm_devices() -> tuple[torch.device, torch.device]:
+    """(load, offload) devices, chosen by ComfyUI as for its text encoders (the CPU under --lowvram/--novram,
+    which keeps the whole MLLM on one device)."""
+    return comfy.model_management.text_encoder_device(), comfy.model_management.text_encoder_offload_device()
+
+
+def mllm_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The dtype for a dtype choice; "auto" is bf16 where the device supports it, else fp16 on an accelerator,
+    else fp32 (the CPU)."""
+    if choice in _FIXED_DTYPES:
+        return _FIXED_DTYPES[choice]
+    if choice != "auto":
+        raise ValueError(f"unknown MLLM dtype {choice!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+    if comfy.model_management.should_use_bf16(device):
+        return torch.bfloat16
+    if comfy.model_management.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+class MLLMWeights(torch.nn.Module):
+    """The modules ComfyUI moves: the MLLM and both projectors. (ModelPatcher writes `device` and bookkeeping
+    attributes on the module it manages; a transformers model's `device` is a read-only property.)"""
+
+    def __init__(self, got: GoTMLLM) -> None:
+        super().__init__()
+        self.mllm = got.model
+        self.output_projector = got.output_projector
+        self.output_projector_add = got.output_projector_add
+
+
+def _release_caches_on_unload(got: GoTMLLM) -> Callable[[comfy.model_patcher.ModelPatcher, bool], None]:
+    """ON_DETACH callback: drop the KV cache when ComfyUI unloads the weights (unpatch_all). Not when the
+    patcher is merely garbage-collected (its __del__ detaches with unpatch_all=False): the cache then goes
+    with the model, and torch must not run during interpreter shutdown. Bound to `got`, not to the wrapper,
+    so the patcher keeps no reference cycle alive."""
+    def on_detach(patcher: comfy.model_patcher.ModelPatcher, unpatch_all: bool) -> None:
+        if unpatch_all:
+            got.release_caches()
+    return on_detach
+
+
+class ManagedMLLM:
+    """The GOT_MLLM value: a GoTMLLM whose weights ComfyUI loads, offloads and evicts."""
+
+    def __init__(self, got: GoTMLLM, name: str, load_device: torch.device, offload_device: torch.device) -> None:
+        self.got, self.name = got, name
+        self.patcher = comfy.model_patcher.ModelPatcher(MLLMWeights(got), load_device=load_device,
+                                                        offload_device=offload_device)
+        self.patcher.add_callback(CallbacksMP.ON_DETACH, _release_caches_on_unload(got))
+
+    def loaded(self) -> GoTMLLM:
+        """The GoTMLLM with all its weights on the load device (through ComfyUI, which may evict others)."""
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        devices = {p.device for p in self.patcher.model.parameters()}
+        if len(devices) > 1:
+            raise PartialLoadError(
+                f"ComfyUI loaded the GoT MLLM {self.name!r} only partly onto {self.patcher.load_device} (its weights "
+                f"are on {sorted(map(str, devices))}); free memory (Unload models) or start ComfyUI with "
+                "--lowvram, which runs the MLLM on the CPU")
+        return self.got
+
+    def semantic_guidance(self, chain: GoTChain) -> SemanticGuidance:
+        """GOT_SPEC §6 for a GOT_CHAIN value: the reasoner's KV cache is reused while the chain text is
+        unedited; an edited chain is re-read in one full forward."""
+        return self.loaded().semantic_guidance(chain_reasoning(chain), chain.text)

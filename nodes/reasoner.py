@@ -1,0 +1,216 @@
+"""GoT Reasoner and GoT Next Turn: the MLLM writes the reasoning chain, streamed onto the node as it grows.
+
+Both show a token progress bar (total = max_new_tokens), stream the chain text to the node (the frontend's
+progress-text preview) and stop on Cancel: the backend checks ComfyUI's interrupt flag between tokens, drops
+its KV cache, and the node raises ComfyUI's InterruptProcessingException outside the exception handler, so no
+traceback keeps the cache's tensors alive.
+
+Multi-turn editing (GOT_SPEC §10) unrolls in the graph: Reasoner -> render -> Next Turn (with the rendered image)
+-> render -> ...; a graph has a fixed number of turns, so a conversation that ends earlier stops the next turn
+with an error saying so.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from comfy_api.latest import io, ui
+
+import comfy.model_management
+import comfy.utils
+
+from ..got_backend.prompts import instruction
+from ..got_backend.reasoning import Reasoning, ReasoningCancelled, TokenEvent
+from .model_management import ManagedMLLM
+from .types import GotChain, GotMLLM, ReasonedChain, chain_reasoning, reasoned_chain
+
+TASKS = {"text-to-image": "t2i", "edit": "edit"}
+STREAM_INTERVAL = 0.1  # seconds between two updates of the streamed text
+STOP_NOTES = {
+    "max_tokens": "stopped at max_new_tokens before the chain was finished (no <|im_gen_start|>): raise "
+                  "max_new_tokens, or end the chain yourself in a GoT Chain Parser",
+    "vision_start": "the model asks to see the image (<|vision_start|>): continue with GoT Next Turn and the "
+                    "rendered image",
+    "endoftext": "the model ended the conversation (<|endoftext|>) without asking for an image",
+}
+
+
+class TaskImageError(ValueError):
+    """The task and the image input do not go together."""
+
+
+def comfy_image(image: torch.Tensor | None) -> torch.Tensor | None:
+    """ComfyUI's IMAGE [B, H, W, C] as the backend's [B, C, H, W] (the backend refuses B > 1 and C != 3)."""
+    return None if image is None else image.movedim(-1, 1)
+
+
+def show_on_node(node_id: str | None, text: str) -> None:
+    """Text on the node in the frontend (its progress-text preview); nothing when run outside a prompt."""
+    if node_id is not None:
+        from server import PromptServer  # imported late: only a running ComfyUI server has an instance
+
+        PromptServer.instance.send_progress_text(text, node_id)
+
+
+class ChainStream:
+    """Per new token: the progress bar and (at most every STREAM_INTERVAL seconds) the text so far on the node."""
+
+    def __init__(self, node_id: str | None, max_new_tokens: int) -> None:
+        self.node_id, self.text, self.shown_at = node_id, "", 0.0
+        self.bar = comfy.utils.ProgressBar(max_new_tokens, node_id=node_id)
+
+    def __call__(self, event: TokenEvent) -> None:
+        self.bar.update_absolute(event.index)
+        self.text += event.text
+        if time.monotonic() - self.shown_at >= STREAM_INTERVAL:
+            self.show(self.text)
+
+    def show(self, text: str) -> None:
+        self.shown_at = time.monotonic()
+        show_on_node(self.node_id, text)
+
+    def finish(self, reasoning: Reasoning) -> None:
+        self.bar.update_absolute(self.bar.total)
+        note = "" if reasoning.ready_for_image else f"\n\n[{STOP_NOTES[reasoning.stop]}]"
+        self.show(reasoning.text + note)
+
+
+def reason_or_interrupt(work: Callable[[], Reasoning]) -> Reasoning:
+    """Run `work`; a cancelled reasoning becomes ComfyUI's interrupt (raised after the handler has released
+    the backend's traceback, and with it the KV cache, so the memory returns)."""
+    try:
+        return work()
+    except ReasoningCancelled:
+        pass
+    comfy.model_management.soft_empty_cache()
+    raise comfy.model_management.InterruptProcessingException()
+
+
+def sampling_inputs() -> list[io.Input]:
+    return [
+        io.Int.Input("max_new_tokens", default=1024, min=1, max=8192,
+                     tooltip="Most tokens to write; the progress bar counts up to it. Reasoning usually stops "
+                             "earlier, at <|im_gen_start|> (ready to render)."),
+        io.Boolean.Input("sampling", default=False,
+                         tooltip="Off: greedy decoding (deterministic, as GoT's reference). On: sample with the "
+                                 "temperature, top_p and seed below."),
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                     tooltip="Sampling seed (used only with sampling on). Fixed, so re-queueing the workflow "
+                             "reuses the cached chain instead of reasoning again."),
+        io.Float.Input("temperature", default=1.0, min=0.01, max=5.0, step=0.05,
+                       tooltip="Sampling temperature (sampling on only); lower is more conservative."),
+        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01,
+                       tooltip="Nucleus sampling: keep the most likely tokens up to this total probability "
+                               "(sampling on only; 1 keeps all)."),
+    ]
+
+
+def sampling_kwargs(max_new_tokens: int, sampling: bool, seed: int, temperature: float, top_p: float) -> dict:
+    return dict(max_new_tokens=max_new_tokens, do_sample=sampling, seed=seed if sampling else None,
+                temperature=temperature, top_p=top_p,
+                should_cancel=comfy.model_management.processing_interrupted)
+
+
+CHAIN_OUTPUTS = [
+    GotChain.Output("chain", display_name="chain",
+                    tooltip="The reasoning chain with its object boxes, for the GoT Chain Parser (to edit it), "
+                            "GoT Mask from Boxes and the GoT SSGM Conditioner."),
+    io.String.Output("text", display_name="text",
+                     tooltip="The chain as text, special tokens included (what you would paste into a GoT "
+                             "Chain Parser to edit it)."),
+]
+
+
+def chain_output(reasoning: Reasoning) -> io.NodeOutput:
+    chain = reasoned_chain(reasoning.text, reasoning)
+    return io.NodeOutput(chain, chain.text, ui=ui.PreviewText(chain.text))
+
+
+class GoTReasoner(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GoTReasoner",
+            display_name="GoT Reasoner",
+            category="GoT/reasoning",
+            description="GoT's MLLM reasons about the prompt (and, for an edit, the source image) and writes a "
+                        "chain of thought that places every object with a box and a colour. The chain is streamed "
+                        "onto the node while it grows; Cancel stops it.",
+            inputs=[
+                GotMLLM.Input("mllm", tooltip="The GoT MLLM from the GoT MLLM Loader."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="Text-to-image: the caption of the image. Edit: the instruction, e.g. "
+                                        "'replace the cat with a dog'."),
+                io.Combo.Input("task", options=list(TASKS), default="text-to-image",
+                               tooltip="text-to-image: reason from the prompt alone. edit: reason about the "
+                                       "connected image and the instruction (needs the image)."),
+                *sampling_inputs(),
+                io.Image.Input("image", optional=True,
+                               tooltip="Edit only: the one RGB image to edit (shown to the MLLM squashed to "
+                                       "448x448)."),
+            ],
+            outputs=CHAIN_OUTPUTS,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, mllm: ManagedMLLM, prompt: str, task: str, max_new_tokens: int, sampling: bool, seed: int,
+                temperature: float, top_p: float, image: torch.Tensor | None = None) -> io.NodeOutput:
+        task_id = TASKS[task]
+        if task_id == "t2i" and image is not None:
+            raise TaskImageError("an image is connected but the task is text-to-image, which would ignore it: "
+                                 "choose the edit task, or disconnect the image")
+        instruction(prompt, task_id)  # an empty prompt fails here, before the MLLM is loaded
+        stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
+        got = mllm.loaded()
+        reasoning = reason_or_interrupt(lambda: got.reason(
+            prompt, comfy_image(image), task=task_id, on_token=stream,
+            **sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)))
+        stream.finish(reasoning)
+        return chain_output(reasoning)
+
+
+class GoTNextTurn(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GoTNextTurn",
+            display_name="GoT Next Turn",
+            category="GoT/reasoning",
+            description="Continues a multi-turn GoT reasoning (GOT_SPEC §10) after its image was rendered: the "
+                        "conversation goes on, the rendered image is shown to the MLLM when it asks for it, and "
+                        "the next turn's chain comes out (its boxes only). Chain several for several turns.",
+            inputs=[
+                GotMLLM.Input("mllm", tooltip="The GoT MLLM that wrote the previous turn."),
+                GotChain.Input("chain", tooltip="The previous turn's chain (from a GoT Reasoner, Next Turn or "
+                                                "Chain Parser; an edited chain is continued as edited)."),
+                io.Image.Input("image", tooltip="The image rendered from the previous turn (one RGB image); the "
+                                                "MLLM sees it when it writes <|vision_start|>."),
+                *sampling_inputs(),
+            ],
+            outputs=CHAIN_OUTPUTS,
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def execute(cls, mllm: ManagedMLLM, chain: ReasonedChain, image: torch.Tensor, max_new_tokens: int,
+                sampling: bool, seed: int, temperature: float, top_p: float) -> io.NodeOutput:
+        got = mllm.loaded()
+        previous = got.edit_chain(chain_reasoning(chain), chain.text)
+        stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
+        settings = sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)
+        shown = False
+        while True:
+            wants_image = previous.stop == "vision_start"
+            previous = reason_or_interrupt(lambda: got.continue_reasoning(
+                previous, comfy_image(image) if wants_image else None, on_token=stream, **settings))
+            shown |= wants_image
+            if shown or previous.stop != "vision_start":
+                break
+        stream.finish(previous)
+        return chain_output(previous)
+
+
+NODES: list[type[io.ComfyNode]] = [GoTReasoner, GoTNextTurn]
