@@ -17,11 +17,11 @@ from comfy_api.latest import io
 import comfy.model_management
 import comfy.samplers
 
-from ..got_backend.chain import GoTChain
-from ..got_backend.guidance import BRANCH_INPUTS, T2I_SCALES, EDIT_SCALES, combine_branches, needed_branches
+from ..got_backend.guidance import BRANCH_INPUTS, EDIT_SCALES, T2I_SCALES, combine_branches, needed_branches
 from ..got_backend.latents import spatial_latent
 from .comfy_bridge import size_input, vae_encode_fn
-from .types import GotBranches, GotChain, GotMLLM
+from .model_management import ManagedMLLM
+from .types import GotBranches, GotChain, GotMLLM, ReasonedChain
 
 Conditioning = list[list]  # ComfyUI's [[cross_attn, {extra conds}], ...]
 
@@ -92,10 +92,11 @@ class GoTSSGMConditioner(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, mllm, chain: GoTChain, vae, reference: dict, width: int, height: int) -> io.NodeOutput:
+    def execute(cls, mllm: ManagedMLLM, chain: ReasonedChain, vae, reference: dict, width: int,
+                height: int) -> io.NodeOutput:
         ref = check_reference(reference, width, height)
         spatial = spatial_latent(chain, vae_encode_fn(vae), width, height)
-        guidance = mllm.semantic_guidance(chain.text)
+        guidance = mllm.semantic_guidance(chain)
         device = comfy.model_management.intermediate_device()
         context, null_context, pooled = (t.to(device, torch.float32) for t in
                                          (guidance.context, guidance.null_context, guidance.pooled))

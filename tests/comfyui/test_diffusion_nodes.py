@@ -372,3 +372,45 @@ def test_ksampler_and_sampler_custom_advanced_run_with_got_conditioning(inproc, 
     [[context, extra]] = branches["C"]
     moved["C"] = [[context, dict(extra, noise_concat=extra["noise_concat"] * -1)]]
     assert torch.isfinite(first).all() and (run(moved) - first).abs().max() > 1e-4
+
+
+@pytest.fixture(scope="module")
+def managed_mllm(inproc):
+    """The converted tiny GoT MLLM through the pack's own loader (ComfyUI-managed), in fp32 on the CPU."""
+    loader = inproc.pack_module("nodes.mllm_loader")
+    return loader.load_got_mllm("GoT-6B", loader.NO_QWEN, "fp32")
+
+
+def test_ssgm_conditioner_builds_gots_guidance(inproc, managed_mllm, comfy_vae):
+    """positive = branch C (c, p, reference ‖ spatial), negative = branch U (c0, p, zeros), the four branches
+    per GOT_SPEC §9, with the MLLM's semantic guidance and the chain's spatial latent made from the same VAE."""
+    types = inproc.pack_module("nodes.types")
+    reasoning = managed_mllm.got.user_chain("a red ball next to a blue cube", CHAIN_TEXT + "<|im_gen_start|>")
+    chain = types.reasoned_chain(reasoning.text, reasoning)
+    (reference, *_) = inproc.pack_module("nodes.reference").GoTReferenceEncoder.execute(comfy_vae, SIZE, SIZE)
+    node = inproc.pack_module("nodes.guider").GoTSSGMConditioner
+    positive, negative, branches = node.execute(managed_mllm, chain, comfy_vae, reference, SIZE, SIZE)
+
+    guidance = managed_mllm.got.semantic_guidance(reasoning)
+    encode = inproc.pack_module("nodes.comfy_bridge").vae_encode_fn(comfy_vae)
+    spatial = inproc.pack_module("got_backend.latents").spatial_latent(chain, encode, SIZE, SIZE)
+    assert positive is branches["C"] and negative is branches["U"]
+    [[c, pos]], [[c0, neg]] = positive, negative
+    assert c.shape == (1, 64, TEXT_HIDDEN) and torch.allclose(c, guidance.context.float(), atol=1e-6)
+    assert torch.allclose(c0, guidance.null_context.float(), atol=1e-6)
+    assert torch.allclose(pos["pooled_output"], guidance.pooled.float(), atol=1e-6)
+    assert neg["pooled_output"] is pos["pooled_output"]
+    assert torch.equal(pos["noise_concat"], torch.cat([reference["samples"], spatial], dim=1))
+    assert torch.equal(neg["noise_concat"], torch.zeros(1, 8, SIZE // 8, SIZE // 8))
+    [[_, t_branch]] = branches["T"]
+    assert torch.equal(t_branch["noise_concat"][:, 4:], torch.zeros(1, 4, 8, 8))
+    assert (pos["width"], pos["height"], pos["target_width"], pos["crop_w"]) == (SIZE, SIZE, SIZE, 0)
+
+
+def test_ssgm_conditioner_refuses_a_reference_of_another_size(inproc, managed_mllm, comfy_vae):
+    types = inproc.pack_module("nodes.types")
+    reasoning = managed_mllm.got.user_chain("a red ball", CHAIN_TEXT + "<|im_gen_start|>")
+    guider = inproc.pack_module("nodes.guider")
+    with pytest.raises(guider.ReferenceLatentError, match=r"same width and height"):
+        guider.GoTSSGMConditioner.execute(managed_mllm, types.reasoned_chain(reasoning.text, reasoning), comfy_vae,
+                                          {"samples": torch.zeros(1, 4, 16, 16)}, SIZE, SIZE)
