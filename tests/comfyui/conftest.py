@@ -113,14 +113,18 @@ def _import_comfyui(root: Path) -> None:
     if ours is not None and Path(getattr(ours, "__file__", "")).resolve() != root / "nodes.py":
         raise RuntimeError(f"`nodes` is already imported from {ours.__file__}, not from ComfyUI: import the pack as "
                            f"`{PACK_NAME}` (the `inproc` fixture), never as top-level `nodes`")
+    # Appended, not prepended: ComfyUI's top-level `tests` (and `nodes`) must not shadow this repository's.
     if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+        sys.path.append(str(root))
     from comfy.cli_args import args
 
     # Outside main.py the command line is not parsed: --cpu must be set before model_management is imported.
     args.cpu = True
     importlib.import_module("comfy.model_management")
-    importlib.import_module("nodes")  # ComfyUI's nodes.py, which comfy_extras and the executor import by name
+    if ours is None:  # ComfyUI's nodes.py, which comfy_extras and the executor import as `nodes`
+        spec = importlib.util.spec_from_file_location("nodes", root / "nodes.py")
+        sys.modules["nodes"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
 
 
 def _load_pack() -> types.ModuleType:
