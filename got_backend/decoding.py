@@ -174,9 +174,13 @@ class Decoder:
         """Seconds spent capturing CUDA graphs since the last call."""
         return 0.0
 
-    def release(self) -> None:
-        """Drop the cache."""
+    def forget(self) -> None:
+        """Forget the cached tokens (the next feed starts from scratch); buffers and graphs stay."""
         self.ids, self.images = [], []
+
+    def release(self) -> None:
+        """Drop the cache and everything allocated for it."""
+        self.forget()
 
     def _reusable_prefix(self, sequence: TokenSequence, runs: list[tuple[int, int]]) -> int:
         limit = min(len(self.ids), len(sequence.ids) - 1)
@@ -208,8 +212,8 @@ class PlainDecoder(Decoder):
         super().__init__(model)
         self.cache: DynamicCache | None = None
 
-    def release(self) -> None:
-        super().release()
+    def forget(self) -> None:
+        super().forget()
         self.cache = None
 
     def _forward(self, keep, ids, positions, images, hidden):

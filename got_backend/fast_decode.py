@@ -155,7 +155,6 @@ class StaticDecoder(Decoder):
             torch.cuda.synchronize(device)
             self._graph, self._graph_logits = graph, logits
         except Exception as err:  # capture is an optimisation: any failure keeps the eager step
-            torch.cuda.synchronize(device)
             self.use_cuda_graph, self.kind = False, "static"
             self.fallback_reason = f"CUDA graph capture failed ({type(err).__name__}: {err}); decoding eagerly"
             log.warning("GoT reasoner: %s", self.fallback_reason)

@@ -176,6 +176,12 @@ class GoTMLLM:
         """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
         return len(self._decoder.ids) if self._decoder is not None else 0
 
+    def clear_context(self) -> None:
+        """Forget the cached conversation (the next call prefills from scratch) but keep the KV buffers and
+        any captured CUDA graph."""
+        if self._decoder is not None:
+            self._decoder.forget()
+
     def release_caches(self) -> None:
         """Free the KV cache, its buffers and any captured CUDA graph."""
         if self._decoder is not None:
@@ -212,8 +218,8 @@ class GoTMLLM:
                           max_new_tokens, logits_processor, on_token, should_cancel)
 
     def continue_reasoning(self, previous: Reasoning, image: ImageInput | None = None, *,
-                           assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False, temperature: float = 1.0,
-                           top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
+                           assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False,
+                           temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
                            repetition_penalty: float | None = None,
                            logits_processor: Sequence[LogitsProcessor] = (),
                            on_token: Callable[[TokenEvent], None] | None = None,
@@ -238,7 +244,8 @@ class GoTMLLM:
         else:
             sequence = previous.sequence
         turn_start = len(sequence.ids)
-        return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length, previous.prompt, previous.task,
+        return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length,
+                          previous.prompt, previous.task,
                           self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
                           max_new_tokens, logits_processor, on_token, should_cancel)
 
@@ -278,16 +285,18 @@ class GoTMLLM:
                 f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
                 "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
         sequence = reasoning.sequence + self.tokens.image_queries
-        with self._cache_guard(), torch.no_grad():
+        with self._cache_guard(), torch.inference_mode():
             if reasoning.edited:
                 _, states = forward_sequence(self.model, sequence, hidden=True)
                 reused = 0
             else:
                 fed = self._acquire_decoder(len(sequence.ids)).feed(sequence, hidden=True)
                 states, reused = fed.hidden, fed.reused
-            self.output_projector.to(self.device)
-            self.output_projector_add.to(self.device)
-            return project(states[:, -IMAGE_QUERY_COUNT:], self.output_projector, self.output_projector_add, reused)
+        self.output_projector.to(self.device)
+        self.output_projector_add.to(self.device)
+        with torch.no_grad():  # outside inference mode: the caller gets ordinary tensors
+            h = states[:, -IMAGE_QUERY_COUNT:].clone()
+            return project(h, self.output_projector, self.output_projector_add, reused)
 
     # Internals
 
@@ -379,17 +388,18 @@ class GoTMLLM:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         if len(sequence.ids) > turn_start and sequence.ids[-1] in self._stops:  # the prefix already stops
             return self._reasoning(sequence, turn_start, prompt_length, prompt, task, 0, None)
-        picker = TokenPicker(settings, sequence.ids, self.vocab_size, self.device, processors)
-        with self._cache_guard(), torch.no_grad():
+        # Inference mode throughout, whoever calls: the KV buffers are only ever updated in it.
+        with self._cache_guard(), torch.inference_mode():
+            picker = TokenPicker(settings, sequence.ids, self.vocab_size, self.device, processors)
             decoder = self._acquire_decoder(len(sequence.ids) + max_new_tokens + IMAGE_QUERY_COUNT + 1)
             out = generate_turn(decoder, sequence, picker, self._stops, max_new_tokens, self._decode,
                                 on_token, should_cancel)
-        steps = len(out.new_ids) - 1
+        steps, capture = len(out.new_ids) - 1, decoder.take_capture_seconds()
+        decoding = out.decode_seconds - capture  # the graph is captured at the first step, once
         stats = ReasoningStats(
-            decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=out.decode_seconds,
-            tokens_per_second=steps / out.decode_seconds if steps and out.decode_seconds > 0 else 0.0,
-            capture_seconds=decoder.take_capture_seconds(), reused_tokens=out.reused_tokens,
-            seed=picker.seed if settings.do_sample else None)
+            decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=decoding,
+            tokens_per_second=steps / decoding if steps and decoding > 0 else 0.0, capture_seconds=capture,
+            reused_tokens=out.reused_tokens, seed=picker.seed if settings.do_sample else None)
         return self._reasoning(sequence + out.new_ids, turn_start, prompt_length, prompt, task,
                                len(out.new_ids), stats, out.stop)
 

@@ -40,9 +40,9 @@ class TokenEvent:
 class ReasoningStats:
     decoder: str  # "cuda_graph", "static" (same step, eager) or "plain" (Hugging Face dynamic cache)
     time_to_first_token: float  # seconds from the call to the first new token (prefill included)
-    decode_seconds: float  # from the first to the last new token
+    decode_seconds: float  # from the first to the last new token, CUDA graph capture not counted
     tokens_per_second: float  # decode steps per second after the first token (0 with fewer than 2 tokens)
-    capture_seconds: float  # CUDA graph capture done during this call
+    capture_seconds: float  # CUDA graph capture done during this call (the first one after a (re)load)
     reused_tokens: int  # prompt tokens whose KV came from the cache
     seed: int | None  # the sampling seed (None when greedy)
 
@@ -77,17 +77,19 @@ class Reasoning:
 
 
 class _TextStream:
-    """Incremental detokenisation: the text each new token adds."""
+    """Incremental detokenisation: the text each new token adds, decoding only the last few tokens (the
+    byte-level BPE decodes token by token, except characters split over several tokens)."""
 
     def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
-        self.decode, self.sent = decode, 0
+        self.decode, self.start, self.sent = decode, 0, 0  # sent: tokens whose text went out
 
     def push(self, ids: Sequence[int]) -> str:
-        text = self.decode(ids)
+        before = self.decode(ids[self.start:self.sent])
+        text = self.decode(ids[self.start:])
         if text.endswith("\ufffd"):  # an incomplete UTF-8 character: wait for the next token
             return ""
-        delta, self.sent = text[self.sent:], len(text)
-        return delta
+        self.start, self.sent = self.sent, len(ids)
+        return text[len(before):]
 
 
 @dataclass(frozen=True)

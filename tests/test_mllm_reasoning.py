@@ -300,6 +300,19 @@ def test_continuation_errors(mllm: GoTMLLM, source: torch.Tensor) -> None:
     assert more.turn_start == len(limited.sequence.ids) and more.new_tokens == 4
 
 
+def test_continuation_with_an_assistant_prefix(mllm: GoTMLLM) -> None:
+    ready = mllm.reason(PROMPT, max_new_tokens=20, logits_processor=steer(3, mllm.tokens.boi))
+    prefix = "<|im_gen_end|>Step 2: a hat"
+    turn = mllm.continue_reasoning(ready, assistant_prefix=prefix, max_new_tokens=3, logits_processor=steer())
+    assert turn.text.startswith(prefix) and turn.new_tokens == 3
+    assert turn.sequence.ids[turn.turn_start - 64:turn.turn_start] == mllm.tokens.image_queries
+    done = mllm.continue_reasoning(ready, assistant_prefix=prefix + BOI)
+    assert done.ready_for_image and done.new_tokens == 0
+    torch.testing.assert_close(mllm.semantic_guidance(done).context,
+                               mllm.semantic_guidance(mllm.edit_chain(done, done.text + " ")).context,
+                               rtol=1e-5, atol=1e-5)
+
+
 # Bad input
 
 @pytest.mark.parametrize("prompt", ["", "   \n\t"])
