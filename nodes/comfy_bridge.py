@@ -57,7 +57,11 @@ def diffusers_unet_structure(sd: dict[str, torch.Tensor]) -> dict:
 
 def diffusers_unet_to_comfy(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a diffusers UNet state dict to ComfyUI's names; every tensor must find a place."""
-    name_map = comfy.utils.unet_to_diffusers(diffusers_unet_structure(sd))
+    try:
+        structure = diffusers_unet_structure(sd)
+    except KeyError as err:
+        raise UNetWeightsError(f"the UNet has no tensor {err}, which every SDXL-structured diffusers UNet has") from err
+    name_map = comfy.utils.unet_to_diffusers(structure)
     unplaced = sorted(k for k in sd if k not in name_map)
     if unplaced:
         raise UNetWeightsError(f"{len(unplaced)} UNet tensors have no ComfyUI name (first: {unplaced[:5]}); "

@@ -414,3 +414,15 @@ def test_ssgm_conditioner_refuses_a_reference_of_another_size(inproc, managed_ml
     with pytest.raises(guider.ReferenceLatentError, match=r"same width and height"):
         guider.GoTSSGMConditioner.execute(managed_mllm, types.reasoned_chain(reasoning.text, reasoning), comfy_vae,
                                           {"samples": torch.zeros(1, 4, 16, 16)}, SIZE, SIZE)
+
+
+def test_a_diffusers_file_that_is_not_an_sdxl_unet_is_refused(inproc, tmp_path):
+    loader = inproc.pack_module("nodes.unet_loader")
+    state = diffusers_state()
+    save_file({k: v for k, v in state.items() if not k.startswith("down_blocks.1.resnets.0.")},
+              str(tmp_path / "partial.safetensors"))
+    with pytest.raises(loader.UNetWeightsError, match=r"no tensor 'down_blocks.1.resnets.0.conv1.weight'"):
+        loader.load_got_unet(str(tmp_path / "partial.safetensors"))
+    save_file({k: v for k, v in state.items() if not k.startswith("up_blocks.")}, str(tmp_path / "encoder.safetensors"))
+    with pytest.raises(loader.UNetWeightsError, match="up_blocks.0 has 0 resnets"):
+        loader.load_got_unet(str(tmp_path / "encoder.safetensors"))
