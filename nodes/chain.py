@@ -69,12 +69,12 @@ class GoTChainParser(io.ComfyNode):
                                        "tokens: your edited text is read with its prompt and image."),
             ],
             outputs=[
-                GotChain.Output("chain", display_name="chain",
+                GotChain.Output("edited_chain", display_name="chain",
                                 tooltip="The (edited) chain for the GoT SSGM Conditioner and GoT Mask from Boxes."),
                 io.String.Output("boxes", display_name="boxes",
                                  tooltip="The objects read from the chain, one per line: phrase, box (0..1000 "
                                          "grid), colour, and any fix the parser made."),
-                io.String.Output("text", display_name="text", tooltip="The chain text in use."),
+                io.String.Output("chain_text", display_name="text", tooltip="The chain text in use."),
             ],
             hidden=[io.Hidden.unique_id],
         )

@@ -103,9 +103,20 @@ class GoTMLLMLoader(io.ComfyNode):
                                tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16 on a GPU, "
                                        "fp32 on the CPU."),
             ],
-            outputs=[GotMLLM.Output("mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
+            outputs=[GotMLLM.Output("mllm", display_name="mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
                                                     "Conditioner.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str, qwen_folder: str, dtype: str) -> bool | str:
+        """Refuse names that are not listed at /prompt time (ComfyUI 0.3.64 does not check V3 combo values)."""
+        names = model_folder_names()
+        for what, value, allowed in (("model_folder", model_folder, names),
+                                     ("qwen_folder", qwen_folder, [NO_QWEN, *names]),
+                                     ("dtype", dtype, DTYPE_CHOICES)):
+            if value not in allowed:
+                return f"{what} {value!r} is not one of the choices ({', '.join(allowed) or 'none found'})"
+        return True
 
     @classmethod
     def execute(cls, model_folder: str, qwen_folder: str, dtype: str) -> io.NodeOutput:

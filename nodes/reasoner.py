@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import comfy.utils
 
-from ..got_backend.prompts import instruction
+from ..got_backend.prompts import PromptError, instruction
 from ..got_backend.reasoning import Reasoning, ReasoningCancelled, TokenEvent
 from .model_management import ManagedMLLM
 from .types import GotChain, GotMLLM, ReasonedChain, chain_reasoning, reasoned_chain
@@ -96,9 +96,11 @@ def sampling_inputs() -> list[io.Input]:
         io.Boolean.Input("sampling", default=False,
                          tooltip="Off: greedy decoding (deterministic, as GoT's reference). On: sample with the "
                                  "temperature, top_p and seed below."),
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                     tooltip="Sampling seed (used only with sampling on). Fixed, so re-queueing the workflow "
-                             "reuses the cached chain instead of reasoning again."),
+        # No "randomize after queueing" control (the frontend adds one to any `seed` unless told not to): a
+        # changed seed would make every queue reason again, and editing the chain relies on the cached one.
+        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                     tooltip="Sampling seed (used only with sampling on). It stays fixed, so re-queueing reuses "
+                             "the cached chain instead of reasoning again."),
         io.Float.Input("temperature", default=1.0, min=0.01, max=5.0, step=0.05,
                        tooltip="Sampling temperature (sampling on only); lower is more conservative."),
         io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01,
@@ -114,10 +116,10 @@ def sampling_kwargs(max_new_tokens: int, sampling: bool, seed: int, temperature:
 
 
 CHAIN_OUTPUTS = [
-    GotChain.Output("chain", display_name="chain",
+    GotChain.Output("reasoned_chain", display_name="chain",
                     tooltip="The reasoning chain with its object boxes, for the GoT Chain Parser (to edit it), "
                             "GoT Mask from Boxes and the GoT SSGM Conditioner."),
-    io.String.Output("text", display_name="text",
+    io.String.Output("chain_text", display_name="text",
                      tooltip="The chain as text, special tokens included (what you would paste into a GoT "
                              "Chain Parser to edit it)."),
 ]
@@ -150,14 +152,31 @@ class GoTReasoner(io.ComfyNode):
                 io.Image.Input("image", optional=True,
                                tooltip="Edit only: the one RGB image to edit (shown to the MLLM squashed to "
                                        "448x448)."),
+                io.String.Input("chain_start", multiline=True, default="", optional=True,
+                                tooltip="Optional text the chain must begin with; the MLLM continues it (e.g. "
+                                        "the first object with its box). A whole chain ending with "
+                                        "<|im_gen_start|> is used as is, without reasoning."),
             ],
             outputs=CHAIN_OUTPUTS,
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
+    def validate_inputs(cls, task: str, prompt: str | None = None) -> bool | str:
+        """At queue time: a known task and a non-empty prompt (a prompt from another node is checked when run)."""
+        if task not in TASKS:
+            return f"task {task!r} is not one of {', '.join(TASKS)}"
+        try:
+            if prompt is not None:
+                instruction(prompt, TASKS[task])
+        except PromptError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, mllm: ManagedMLLM, prompt: str, task: str, max_new_tokens: int, sampling: bool, seed: int,
-                temperature: float, top_p: float, image: torch.Tensor | None = None) -> io.NodeOutput:
+                temperature: float, top_p: float, image: torch.Tensor | None = None,
+                chain_start: str = "") -> io.NodeOutput:
         task_id = TASKS[task]
         if task_id == "t2i" and image is not None:
             raise TaskImageError("an image is connected but the task is text-to-image, which would ignore it: "
@@ -166,7 +185,7 @@ class GoTReasoner(io.ComfyNode):
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         got = mllm.loaded()
         reasoning = reason_or_interrupt(lambda: got.reason(
-            prompt, comfy_image(image), task=task_id, on_token=stream,
+            prompt, comfy_image(image), task=task_id, assistant_prefix=chain_start, on_token=stream,
             **sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)))
         stream.finish(reasoning)
         return chain_output(reasoning)

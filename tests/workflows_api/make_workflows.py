@@ -1,0 +1,284 @@
+"""Writes the pack's workflow templates (workflows/*.json, the frontend's UI format) and their API-format twins
+(tests/workflows_api/*.json, what the integration tests queue) from one description of each graph.
+
+Run it against a ComfyUI that has this pack loaded (the node definitions come from its /object_info):
+
+    python tests/workflows_api/make_workflows.py http://127.0.0.1:8188
+
+tests/comfyui/test_workflows.py converts every template to API format on its own, as the frontend does, and
+checks it equals its twin, so the two cannot drift apart; it also queues every twin on a real ComfyUI.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+UI_DIR = REPO / "workflows"
+API_DIR = Path(__file__).resolve().parent
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+VIRTUAL_NODES = {"MarkdownNote"}  # frontend-only: not part of the API graph
+SEED_NAMES = ("seed", "noise_seed")  # the frontend gives these a "control after generate" widget by default
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    size: tuple[int, int]
+    widgets: dict = field(default_factory=dict)
+    links: dict[str, tuple[int, int]] = field(default_factory=dict)  # input -> (source node id, output slot)
+    title: str | None = None
+
+
+def note(node_id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -> Node:
+    return Node(node_id, "MarkdownNote", pos, size, {"text": text})
+
+
+# --- the graphs ---------------------------------------------------------------------------------------------
+
+T2I_PROMPT = "A red apple and a green pear side by side on a wooden table, soft morning light"
+EDIT_PROMPT = "Make the ball in the picture blue"
+WIDTH, HEIGHT = 20, 21  # ids of the shared size nodes
+
+
+def size_nodes() -> list[Node]:
+    return [Node(WIDTH, "PrimitiveInt", (20, 620), (270, 82), {"value": 1024}, title="width"),
+            Node(HEIGHT, "PrimitiveInt", (20, 730), (270, 82), {"value": 1024}, title="height")]
+
+
+def sized(links: dict | None = None) -> dict:
+    return {"width": (WIDTH, 0), "height": (HEIGHT, 0), **(links or {})}
+
+
+def loaders() -> list[Node]:
+    return [
+        Node(1, "GoTMLLMLoader", (20, 60), (330, 130),
+             {"model_folder": "GoT-6B", "qwen_folder": "(converted: not needed)", "dtype": "auto"}),
+        Node(4, "VAELoader", (20, 370), (330, 60), {"vae_name": "GoT-6B-vae.safetensors"}),
+        Node(7, "GoTUNetLoader", (20, 470), (330, 90),
+             {"unet_name": "GoT-6B-unet.safetensors", "weight_dtype": "default"}),
+    ]
+
+
+def reasoner(prompt: str, task: str, image: tuple[int, int] | None = None) -> Node:
+    return Node(2, "GoTReasoner", (390, 60), (420, 520),
+                {"prompt": prompt, "task": task, "max_new_tokens": 1024, "sampling": False, "seed": 0,
+                 "temperature": 1.0, "top_p": 1.0, "chain_start": ""},
+                {"mllm": (1, 0), **({"image": image} if image else {})})
+
+
+def sampling(chain: tuple[int, int], scales: tuple[float, float, float], x: int = 1250) -> list[Node]:
+    """Conditioning -> GoT Guider -> SamplerCustomAdvanced (DDPM, GoT's 50 steps; ddim_uniform spaces them as
+    the reference's "leading" schedule with offset 1: timesteps 981, 961, ..., 1) -> VAE Decode."""
+    a_t, a_s, a_r = scales
+    return [
+        Node(6, "GoTSSGMConditioner", (850, 60), (330, 170),
+             links=sized({"mllm": (1, 0), "chain": chain, "vae": (4, 0), "reference": (5, 0)})),
+        Node(8, "GoTGuider", (850, 280), (330, 150), {"a_t": a_t, "a_s": a_s, "a_r": a_r},
+             {"model": (7, 0), "branches": (6, 2)}),
+        Node(9, "RandomNoise", (x, 60), (300, 82), {"noise_seed": 42}),
+        Node(10, "KSamplerSelect", (x, 180), (300, 60), {"sampler_name": "ddpm"}),
+        Node(11, "BasicScheduler", (x, 280), (300, 110), {"scheduler": "ddim_uniform", "steps": 50, "denoise": 1.0},
+             {"model": (7, 0)}),
+        Node(12, "EmptyLatentImage", (x, 430), (300, 110), {"batch_size": 1}, sized()),
+        Node(13, "SamplerCustomAdvanced", (x + 340, 60), (260, 110),
+             links={"noise": (9, 0), "guider": (8, 0), "sampler": (10, 0), "sigmas": (11, 0),
+                    "latent_image": (12, 0)}),
+        Node(14, "VAEDecode", (x + 340, 220), (260, 50), links={"samples": (13, 0), "vae": (4, 0)}),
+    ]
+
+
+def layout_preview(node_id: int, chain: tuple[int, int], pos: tuple[int, int], title: str | None = None) -> list[Node]:
+    return [Node(node_id, "GoTMaskFromBoxes", pos, (330, 110), links=sized({"chain": chain}), title=title),
+            Node(node_id + 1, "PreviewImage", (pos[0], pos[1] + 150), (330, 330), links={"images": (node_id, 1)},
+                 title=title and f"{title}: preview")]
+
+
+def text_to_image() -> list[Node]:
+    return [
+        *loaders(), *size_nodes(),
+        reasoner(T2I_PROMPT, "text-to-image"),
+        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0)})),
+        *sampling((2, 0), (7.5, 4.0, 1.0)),
+        Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/t2i"}, {"images": (14, 0)}),
+        *layout_preview(16, (2, 0), (850, 640), "layout of the chain"),
+        note(30, (390, 620), (420, 300),
+             "## GoT text-to-image\nThe **GoT Reasoner** writes a plan (a chain of thought with a box and a colour per "
+             "object); it appears on the node while it is written. The **SSGM Conditioner** turns the plan into "
+             "semantic, spatial and reference guidance; the **GoT Guider** applies GoT's three guidance scales.\n\n"
+             "Models: `models/LLM/GoT-6B/`, `models/diffusion_models/GoT-6B-unet.safetensors`, "
+             "`models/vae/GoT-6B-vae.safetensors` (see the README: convert the GoT-6B release once)."),
+    ]
+
+
+def editing() -> list[Node]:
+    return [
+        *loaders(), *size_nodes(),
+        Node(3, "LoadImage", (20, 860), (330, 360), {"image": "example.png"}, title="image to edit"),
+        reasoner(EDIT_PROMPT, "edit", image=(3, 0)),
+        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0), "image": (3, 0)})),
+        *sampling((2, 0), (4.0, 3.0, 1.5)),
+        Node(18, "ImageScale", (1590, 60), (300, 130), {"upscale_method": "bicubic", "crop": "disabled"},
+             {"image": (14, 0), "width": (5, 1), "height": (5, 2)}, title="back to the source's aspect ratio"),
+        Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/edit"}, {"images": (18, 0)}),
+        *layout_preview(16, (2, 0), (850, 640), "layout of the edit"),
+        note(30, (390, 620), (420, 300),
+             "## GoT image editing\nLoad the image to edit and write the instruction. The **GoT Reasoner** (task: "
+             "edit) looks at the image and plans the edit step by step; the **Reference Encoder** gives the source "
+             "image as reference guidance. The guider uses GoT's editing scales (a_t 4.0, a_s 3.0, a_r 1.5); the "
+             "result is resized back to the source's aspect ratio."),
+    ]
+
+
+def interactive() -> list[Node]:
+    return [
+        *loaders(), *size_nodes(),
+        reasoner(T2I_PROMPT, "text-to-image"),
+        Node(3, "GoTChainParser", (850, 760), (520, 420), {"text": ""}, {"chain": (2, 0)}, title="edit the plan here"),
+        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0)})),
+        *sampling((3, 0), (7.5, 4.0, 1.0)),
+        Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/interactive"}, {"images": (14, 0)}),
+        *layout_preview(16, (2, 0), (1410, 900), "reasoner's layout"),
+        *layout_preview(26, (3, 0), (1780, 900), "edited layout"),
+        note(30, (390, 620), (420, 380),
+             "## GoT interactive generation\n1. Queue: the Reasoner writes the plan (shown on it) and the image is "
+             "rendered from it.\n2. Copy the plan into **edit the plan here** and change it: a phrase, a box "
+             "`(x1,y1),(x2,y2)` on a 0..1000 grid, or a colour `(red)`. Keep `<|im_gen_start|>` at the end.\n3. "
+             "Queue again: the Reasoner is not run again (its inputs did not change); the semantic tokens and the "
+             "layout are recomputed from your edited plan.\n\nEmpty the text box to go back to the Reasoner's plan."),
+    ]
+
+
+WORKFLOWS = {"GoT text-to-image": text_to_image, "GoT image editing": editing,
+             "GoT interactive generation": interactive}
+
+
+# --- conversion ---------------------------------------------------------------------------------------------
+
+def ordered_inputs(info: dict) -> list[tuple[str, list, bool]]:
+    """(name, spec, optional) in the order the frontend builds the node."""
+    return [(name, info["input"][group][name], group == "optional")
+            for group in ("required", "optional") for name in info["input_order"].get(group, [])]
+
+
+def is_widget(spec: list) -> bool:
+    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+
+
+def extra_widget_values(name: str, spec: list) -> list:
+    """Values of the widgets the frontend adds after a widget: seed control, image upload button."""
+    options = spec[1] if len(spec) > 1 else {}
+    control = options.get("control_after_generate")
+    if control or (control is None and spec[0] == "INT" and name in SEED_NAMES):
+        return ["fixed"]
+    return ["image"] if options.get("image_upload") else []
+
+
+def default_value(spec: list) -> object:
+    options = spec[1] if len(spec) > 1 else {}
+    if "default" in options:
+        return options["default"]
+    choices = spec[0] if isinstance(spec[0], list) else options.get("options", [])
+    return choices[0] if choices else None
+
+
+def widget_values(node: Node, info: dict) -> dict:
+    widgets = {name: node.widgets.get(name, default_value(spec)) for name, spec, _ in ordered_inputs(info)
+               if is_widget(spec)}
+    unknown = set(node.widgets) - set(widgets)
+    assert not unknown, f"{node.type} has no widgets {unknown}"
+    return widgets
+
+
+def build_ui(nodes: list[Node], object_info: dict) -> dict:
+    by_id = {node.id: node for node in nodes}
+    links, ui_nodes = [], []
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    input_slots: dict[int, list[dict]] = {}
+    for node in nodes:
+        if node.type in VIRTUAL_NODES:
+            continue
+        info = object_info[node.type]
+        slots = []
+        specs = ordered_inputs(info)
+        for name, spec, optional in [s for s in specs if not is_widget(s[1])] + [s for s in specs if is_widget(s[1])]:
+            if is_widget(spec) and name not in node.links:
+                continue
+            slot = {"name": name, "type": "COMBO" if isinstance(spec[0], list) else spec[0], "link": None}
+            if optional:
+                slot["shape"] = 7
+            if is_widget(spec):
+                slot["widget"] = {"name": name}
+            if name in node.links:
+                source, source_slot = node.links[name]
+                assert source in by_id, f"{node.type}.{name} links to missing node {source}"
+                link_id = len(links) + 1
+                links.append([link_id, source, source_slot, node.id, len(slots), object_info[by_id[source].type]["output"][source_slot]])
+                outgoing.setdefault((source, source_slot), []).append(link_id)
+                slot["link"] = link_id
+            slots.append(slot)
+        unknown = set(node.links) - {slot["name"] for slot in slots}
+        assert not unknown, f"{node.type} has no inputs {unknown}"
+        input_slots[node.id] = slots
+    for order, node in enumerate(nodes):
+        ui_node = {"id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
+                   "order": order, "mode": 0, "inputs": [], "outputs": [],
+                   "properties": {"Node name for S&R": node.type}}
+        if node.type in VIRTUAL_NODES:
+            ui_node["widgets_values"] = [node.widgets["text"]]
+        else:
+            info = object_info[node.type]
+            ui_node["inputs"] = input_slots[node.id]
+            ui_node["outputs"] = [{"name": name, "type": kind, "links": outgoing.get((node.id, slot)) or None}
+                                  for slot, (kind, name) in enumerate(zip(info["output"], info["output_name"]))]
+            values = []
+            for name, value in widget_values(node, info).items():
+                spec = next(s for n, s, _ in ordered_inputs(info) if n == name)
+                values += [value, *extra_widget_values(name, spec)]
+            ui_node["widgets_values"] = values
+        if node.title:
+            ui_node["title"] = node.title
+        ui_nodes.append(ui_node)
+    return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-got/" + "/".join(sorted(n.type for n in nodes)))),
+            "revision": 0, "last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes,
+            "links": links, "groups": [], "config": {},
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+
+
+def build_api(nodes: list[Node], object_info: dict) -> dict:
+    graph = {}
+    for node in sorted(nodes, key=lambda n: n.id):
+        if node.type in VIRTUAL_NODES:
+            continue
+        info = object_info[node.type]
+        inputs = {name: value for name, value in widget_values(node, info).items() if name not in node.links}
+        inputs.update({name: [str(source), slot] for name, (source, slot) in node.links.items()})
+        graph[str(node.id)] = {"inputs": inputs, "class_type": node.type,
+                               "_meta": {"title": node.title or info["display_name"]}}
+    return graph
+
+
+def api_twin_path(name: str) -> Path:
+    return API_DIR / f"{name}.api.json"
+
+
+def main(server: str) -> None:
+    with urllib.request.urlopen(server.rstrip("/") + "/object_info", timeout=60) as response:
+        object_info = json.loads(response.read())
+    UI_DIR.mkdir(exist_ok=True)
+    for name, make in WORKFLOWS.items():
+        nodes = make()
+        (UI_DIR / f"{name}.json").write_text(json.dumps(build_ui(nodes, object_info), indent=1) + "\n")
+        api_twin_path(name).write_text(json.dumps(build_api(nodes, object_info), indent=1) + "\n")
+        print(f"wrote workflows/{name}.json and {api_twin_path(name).relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "http://127.0.0.1:8188")
