@@ -5,8 +5,8 @@ the server checks are in test_diffusion_server.py."""
 from __future__ import annotations
 
 import json
-import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -263,7 +263,7 @@ def test_reference_encoder_edit_equals_core_vae_encode_of_resized_image(inproc, 
     image = torch.rand(1, 48, 80, 3, generator=torch.Generator().manual_seed(7))  # ComfyUI IMAGE [B,H,W,C]
     reference, width, height = inproc.pack_module("nodes.reference").GoTReferenceEncoder.execute(comfy_vae, SIZE, SIZE, image)
     pil = Image.fromarray(image[0].mul(255).round().to(torch.uint8).numpy()).resize((SIZE, SIZE), Image.BICUBIC)
-    resized = torch.from_numpy(__import__("numpy").array(pil)).float().div(255)[None]
+    resized = torch.from_numpy(np.array(pil)).float().div(255)[None]
     (core,) = comfy_nodes.VAEEncode().encode(comfy_vae, resized)
     diff = (reference["samples"] - core["samples"]).abs().max().item()
     assert diff < 1e-5, diff
