@@ -145,8 +145,9 @@ class Decoder:
         self.images: list[VisionInput] = []
         self.delta = 0
 
-    def feed(self, sequence: TokenSequence, hidden: bool = False) -> Fed:
-        """Make the cache hold `sequence` (at least its last token is run) and return what comes next."""
+    def feed(self, sequence: TokenSequence, hidden: bool = False, run_last: int = 1) -> Fed:
+        """Make the cache hold `sequence` (at least its last `run_last` tokens are run, so their hidden states
+        come back even when the cache already holds them) and return what comes next."""
         if not sequence.ids:
             raise ValueError("cannot feed an empty token sequence")
         layout = self.layout
@@ -154,7 +155,7 @@ class Decoder:
         positions, delta = mrope_positions(sequence.ids, grids, layout.image_pad_id, layout.merge_size)
         runs = image_runs(sequence.ids, layout.image_pad_id,
                           [t * h * w // layout.merge_size ** 2 for t, h, w in grids])
-        keep = self._reusable_prefix(sequence, runs)
+        keep = self._reusable_prefix(sequence, runs, run_last)
         new_images = [image for (start, _), image in zip(runs, sequence.images) if start >= keep]
         logits, states = self._forward(keep, sequence.ids[keep:], positions[:, keep:], new_images, hidden)
         self.ids, self.images, self.delta = list(sequence.ids), list(sequence.images), delta
@@ -182,8 +183,8 @@ class Decoder:
         """Drop the cache and everything allocated for it."""
         self.forget()
 
-    def _reusable_prefix(self, sequence: TokenSequence, runs: list[tuple[int, int]]) -> int:
-        limit = min(len(self.ids), len(sequence.ids) - 1)
+    def _reusable_prefix(self, sequence: TokenSequence, runs: list[tuple[int, int]], run_last: int) -> int:
+        limit = min(len(self.ids), len(sequence.ids) - run_last)
         keep = 0
         while keep < limit and self.ids[keep] == sequence.ids[keep]:
             keep += 1

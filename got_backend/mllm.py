@@ -290,7 +290,8 @@ class GoTMLLM:
                 _, states = forward_sequence(self.model, sequence, hidden=True)
                 reused = 0
             else:
-                fed = self._acquire_decoder(len(sequence.ids)).feed(sequence, hidden=True)
+                fed = self._acquire_decoder(len(sequence.ids)).feed(sequence, hidden=True,
+                                                                    run_last=IMAGE_QUERY_COUNT)
                 states, reused = fed.hidden, fed.reused
         self.output_projector.to(self.device)
         self.output_projector_add.to(self.device)

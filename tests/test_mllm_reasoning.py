@@ -205,6 +205,14 @@ def test_semantic_guidance_reuses_the_cache_and_equals_a_full_forward(mllm: GoTM
     assert guidance.context.shape == (1, 64, mllm.context_size) and guidance.pooled.shape == (1, mllm.pooled_size)
 
 
+def test_semantic_guidance_asked_twice_runs_the_queries_again(mllm: GoTMLLM) -> None:
+    chain = mllm.reason(PROMPT, max_new_tokens=30, logits_processor=steer(5, mllm.tokens.boi))
+    first, second = mllm.semantic_guidance(chain), mllm.semantic_guidance(chain)
+    assert first.reused_tokens == len(chain.sequence.ids) - 1 and second.reused_tokens == len(chain.sequence.ids)
+    assert second.context.shape == (1, 64, mllm.context_size)
+    torch.testing.assert_close(first.context, second.context, rtol=1e-5, atol=1e-5)
+
+
 def test_semantic_guidance_after_the_cache_moved_on_recomputes(mllm: GoTMLLM) -> None:
     chain = mllm.reason(PROMPT, max_new_tokens=30, logits_processor=steer(5, mllm.tokens.boi))
     mllm.reason("something else entirely", max_new_tokens=3)
