@@ -16,6 +16,7 @@ import comfy.model_base
 import comfy.model_detection
 import comfy.model_management
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.supported_models
 import comfy.utils
 import folder_paths
@@ -53,6 +54,29 @@ def got_unet_config(state: dict[str, torch.Tensor], where: str = "the UNet") -> 
     return config
 
 
+class GoTConditioningError(ValueError):
+    """Conditioning that does not give GoT's UNet its 8 extra channels at the sampled latent's size."""
+
+
+def check_got_channels(executor, x: torch.Tensor, t: torch.Tensor, c_concat: torch.Tensor | None = None,
+                       *args, **kwargs) -> torch.Tensor:
+    """APPLY_MODEL wrapper: a clear error for the usual wiring mistakes, instead of a shape mismatch deep
+    inside the UNet."""
+    extra = GOT_IN_CHANNELS - x.shape[1]
+    if c_concat is None or c_concat.shape[1] != extra:
+        found = "none" if c_concat is None else str(c_concat.shape[1])
+        raise GoTConditioningError(
+            f"GoT's UNet takes {extra} extra input channels (reference and spatial latents) in every conditioning "
+            f"it samples with, positive and negative, but got {found}: use the GoT SSGM Conditioner's outputs, "
+            "not CLIP Text Encode or conditioning from another model")
+    if c_concat.shape[-2:] != x.shape[-2:]:
+        raise GoTConditioningError(
+            f"the latent being sampled is {x.shape[-1] * 8}x{x.shape[-2] * 8} pixels but the GoT conditioning was "
+            f"made for {c_concat.shape[-1] * 8}x{c_concat.shape[-2] * 8}: give the empty latent the width and "
+            "height of the SSGM Conditioner and Reference Encoder")
+    return executor(x, t, c_concat, *args, **kwargs)
+
+
 def build_got_unet(state: dict[str, torch.Tensor], model_options: dict | None = None,
                    where: str = "the UNet") -> comfy.model_patcher.ModelPatcher:
     """A ModelPatcher around a 12-channel `model_base.SDXL` holding `state` (ComfyUI names)."""
@@ -76,7 +100,9 @@ def build_got_unet(state: dict[str, torch.Tensor], model_options: dict | None = 
                                f"{len(wrong)} with the wrong shape (first: {wrong[:3]})")
     model = model.to(offload_device)
     model.load_model_weights(state, "")
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
+    patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "got_channels", check_got_channels)
+    return patcher
 
 
 def load_got_unet(path: str, model_options: dict | None = None) -> comfy.model_patcher.ModelPatcher:

@@ -426,3 +426,19 @@ def test_a_diffusers_file_that_is_not_an_sdxl_unet_is_refused(inproc, tmp_path):
     save_file({k: v for k, v in state.items() if not k.startswith("up_blocks.")}, str(tmp_path / "encoder.safetensors"))
     with pytest.raises(loader.UNetWeightsError, match="up_blocks.0 has 0 resnets"):
         loader.load_got_unet(str(tmp_path / "encoder.safetensors"))
+
+
+def test_wrong_conditioning_or_latent_size_is_a_clear_error(inproc, got_model):
+    """Sampling GoT's UNet with CLIP-style conditioning (no extra channels), or at a latent size other than the
+    conditioning's, stops with a message saying what to connect instead."""
+    import nodes as comfy_nodes
+
+    loader = inproc.pack_module("nodes.unet_loader")
+    inputs, branches = make_branches(inproc, 8)
+    plain = [[inputs["context"], {"pooled_output": inputs["pooled"]}]]
+    latent = {"samples": torch.zeros(1, 4, SIZE // 8, SIZE // 8)}
+    with pytest.raises(loader.GoTConditioningError, match="8 extra input channels.*got none.*SSGM Conditioner"):
+        comfy_nodes.KSampler().sample(got_model, 1, 1, 4.0, "euler", "normal", branches["C"], plain, latent)
+    bigger = {"samples": torch.zeros(1, 4, 12, 16)}
+    with pytest.raises(loader.GoTConditioningError, match="latent being sampled is 128x96 pixels.*made for 64x64"):
+        comfy_nodes.KSampler().sample(got_model, 1, 1, 4.0, "euler", "normal", branches["C"], branches["U"], bigger)
