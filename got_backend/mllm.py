@@ -9,73 +9,44 @@ failure) frees it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import transformers
-from packaging.version import Version
 from PIL import Image
-from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from .decoding import (Decoder, PlainDecoder, TokenSequence, VisionInput, forward_sequence, model_device,
                        weights_signature)
 from .fast_decode import StaticDecoder, UnsupportedModelError
+from .mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
 from .prompts import (ImageInput, MissingImageError, PromptError, Task, chat_messages, condition_image,
                       instruction)
 from .reasoning import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
                         generate_turn)
 from .sampling import LogitsProcessor, SamplingSettings, TokenPicker
-from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project, projectors_from_state
-from .tokens import add_got_tokens, resolve_got_tokens
+from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project
+from .tokens import resolve_got_tokens
+
+__all__ = ["GoTMLLM", "MLLMLoadError", "resolve_dtype", "Decoding"]
 
 log = logging.getLogger(__name__)
 
 Decoding = Literal["fast", "plain"]
-PROJECTORS_FILE = "got_projectors.safetensors"
-DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-          "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 
 
-class MLLMLoadError(ValueError):
-    """The MLLM folder is missing files or does not fit GoT."""
-
-
-def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """torch.bfloat16/float16/float32 or one of their names ("bf16", "fp16", "fp32", ...)."""
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype.lower() in DTYPES:
-        return DTYPES[dtype.lower()]
-    raise MLLMLoadError(f"unsupported MLLM dtype {dtype!r}: use bf16, fp16 or fp32")
-
-
-def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    """`from_pretrained`'s dtype keyword: `dtype` from transformers 4.56, `torch_dtype` before."""
-    return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
-
-
-def _folder_repetition_penalty(folder: Path) -> float:
-    """The repetition penalty of the folder's generation_config.json (what `generate` would apply)."""
-    path = folder / "generation_config.json"
-    if not path.is_file():
-        return 1.0
-    return float(json.loads(path.read_text()).get("repetition_penalty", 1.0))
-
-
-def _require_files(folder: Path, names: Sequence[str], what: str) -> None:
-    if not folder.is_dir():
-        raise MLLMLoadError(f"{what} folder {folder} does not exist")
-    missing = [name for name in names if not (folder / name).is_file()]
-    if missing:
-        raise MLLMLoadError(f"{what} folder {folder} lacks {', '.join(missing)}")
+@dataclass(frozen=True)
+class _TurnOptions:
+    max_new_tokens: int
+    sampling: SamplingSettings
+    processors: Sequence[LogitsProcessor]
+    on_token: Callable[[TokenEvent], None] | None
+    should_cancel: Callable[[], bool] | None
 
 
 class GoTMLLM:
@@ -107,51 +78,23 @@ class GoTMLLM:
     # Loading
 
     @classmethod
+    def from_parts(cls, parts: MLLMParts, device: torch.device | str, decoding: Decoding) -> GoTMLLM:
+        """The reasoner from what `mllm_files` read, moved to `device`."""
+        return cls(parts.model.to(device), parts.processor, parts.output_projector.to(device),
+                   parts.output_projector_add.to(device), decoding=decoding,
+                   repetition_penalty=parts.repetition_penalty)
+
+    @classmethod
     def from_converted(cls, folder: str | Path, dtype: torch.dtype | str = torch.bfloat16,
                        device: torch.device | str = "cpu", decoding: Decoding = "fast") -> GoTMLLM:
-        """A converted `models/LLM/GoT-6B/` folder: a transformers Qwen2.5-VL folder with GoT's tokens in
-        its tokenizer, plus `got_projectors.safetensors`."""
-        folder = Path(folder)
-        _require_files(folder, ("config.json", PROJECTORS_FILE, "preprocessor_config.json"), "converted GoT MLLM")
-        dtype = resolve_dtype(dtype)
-        processor = AutoProcessor.from_pretrained(folder)
-        resolve_got_tokens(processor.tokenizer)  # refuse a wrong tokenizer before loading gigabytes
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa",
-                                                                   **_dtype_argument(dtype))
-        projectors = projectors_from_state(load_file(folder / PROJECTORS_FILE))
-        return cls(model.to(device), processor, *(p.to(device) for p in projectors), decoding=decoding,
-                   repetition_penalty=_folder_repetition_penalty(folder))
+        """A converted `models/LLM/GoT-6B/` folder (`python -m got_backend.convert`)."""
+        return cls.from_parts(read_converted(folder, dtype), device, decoding)
 
     @classmethod
     def from_release(cls, got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str = torch.bfloat16,
                      device: torch.device | str = "cpu", decoding: Decoding = "fast") -> GoTMLLM:
-        """Straight from the released GoT-6B folder (pickle shards, read with weights_only) and the user's
-        Qwen2.5-VL-3B-Instruct folder (config, tokenizer, processor); GoT's tokens are added to the tokenizer."""
-        from .checkpoint import read_got_checkpoint
-        from .qwen_names import load_qwen_config
-
-        qwen_dir = Path(qwen_dir)
-        _require_files(qwen_dir, ("config.json", "preprocessor_config.json", "tokenizer_config.json"),
-                       "Qwen2.5-VL-3B-Instruct")
-        dtype = resolve_dtype(dtype)
-        processor = AutoProcessor.from_pretrained(qwen_dir)
-        add_got_tokens(processor.tokenizer)
-        resolve_got_tokens(processor.tokenizer)
-        weights = read_got_checkpoint(got_dir, qwen_dir)
-        config = load_qwen_config(qwen_dir, tie_word_embeddings=weights.tie_word_embeddings)
-        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            None, config=config, state_dict=weights.mllm, output_loading_info=True, attn_implementation="sdpa",
-            **_dtype_argument(dtype))
-        problems = [f"{kind}: {', '.join(sorted(info[kind])[:8])}" for kind in
-                    ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
-        if problems:
-            raise MLLMLoadError(f"the MLLM weights of {got_dir} do not fit the Qwen2.5-VL model of {qwen_dir} ("
-                                + "; ".join(problems) + "): use the Qwen2.5-VL-3B-Instruct folder GoT was trained from")
-        state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
-                 for key, value in getattr(weights, part).items()}
-        projectors = projectors_from_state(state)
-        return cls(model.to(device), processor, *(p.to(device) for p in projectors), decoding=decoding,
-                   repetition_penalty=_folder_repetition_penalty(qwen_dir))
+        """The released GoT-6B folder and the Qwen2.5-VL-3B-Instruct folder, without converting them."""
+        return cls.from_parts(read_release(got_dir, qwen_dir, dtype), device, decoding)
 
     # Devices
 
@@ -213,9 +156,9 @@ class GoTMLLM:
         sequence = self._prompt_sequence(text, view)
         prompt_length = len(sequence.ids)
         sequence = sequence + self._encode(assistant_prefix)
-        return self._turn(sequence, prompt_length, prompt_length, prompt, task,
-                          self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
-                          max_new_tokens, logits_processor, on_token, should_cancel)
+        return self._turn(sequence, prompt_length, prompt_length, prompt, task, self._options(
+            max_new_tokens, do_sample, temperature, top_p, top_k, seed, repetition_penalty, logits_processor,
+            on_token, should_cancel))
 
     def continue_reasoning(self, previous: Reasoning, image: ImageInput | None = None, *,
                            assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False,
@@ -245,9 +188,9 @@ class GoTMLLM:
             sequence = previous.sequence
         turn_start = len(sequence.ids)
         return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length,
-                          previous.prompt, previous.task,
-                          self._settings(do_sample, temperature, top_p, top_k, seed, repetition_penalty),
-                          max_new_tokens, logits_processor, on_token, should_cancel)
+                          previous.prompt, previous.task, self._options(
+                              max_new_tokens, do_sample, temperature, top_p, top_k, seed, repetition_penalty,
+                              logits_processor, on_token, should_cancel))
 
     # User-written chains (interactive generation)
 
@@ -301,10 +244,15 @@ class GoTMLLM:
 
     # Internals
 
-    def _settings(self, do_sample: bool, temperature: float, top_p: float, top_k: int, seed: int | None,
-                  repetition_penalty: float | None) -> SamplingSettings:
+    def _options(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, top_k: int,
+                 seed: int | None, repetition_penalty: float | None, processors: Sequence[LogitsProcessor],
+                 on_token: Callable[[TokenEvent], None] | None,
+                 should_cancel: Callable[[], bool] | None) -> _TurnOptions:
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
-        return SamplingSettings(do_sample, temperature, top_p, top_k, seed, penalty)
+        sampling = SamplingSettings(do_sample, temperature, top_p, top_k, seed, penalty)
+        return _TurnOptions(max_new_tokens, sampling, tuple(processors), on_token, should_cancel)
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
@@ -382,25 +330,21 @@ class GoTMLLM:
             raise
 
     def _turn(self, sequence: TokenSequence, turn_start: int, prompt_length: int, prompt: str, task: Task,
-              settings: SamplingSettings, max_new_tokens: int, processors: Sequence[LogitsProcessor],
-              on_token: Callable[[TokenEvent], None] | None,
-              should_cancel: Callable[[], bool] | None) -> Reasoning:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+              options: _TurnOptions) -> Reasoning:
         if len(sequence.ids) > turn_start and sequence.ids[-1] in self._stops:  # the prefix already stops
             return self._reasoning(sequence, turn_start, prompt_length, prompt, task, 0, None)
         # Inference mode throughout, whoever calls: the KV buffers are only ever updated in it.
         with self._cache_guard(), torch.inference_mode():
-            picker = TokenPicker(settings, sequence.ids, self.vocab_size, self.device, processors)
-            decoder = self._acquire_decoder(len(sequence.ids) + max_new_tokens + IMAGE_QUERY_COUNT + 1)
-            out = generate_turn(decoder, sequence, picker, self._stops, max_new_tokens, self._decode,
-                                on_token, should_cancel)
+            picker = TokenPicker(options.sampling, sequence.ids, self.vocab_size, self.device, options.processors)
+            decoder = self._acquire_decoder(len(sequence.ids) + options.max_new_tokens + IMAGE_QUERY_COUNT + 1)
+            out = generate_turn(decoder, sequence, picker, self._stops, options.max_new_tokens, self._decode,
+                                options.on_token, options.should_cancel)
         steps, capture = len(out.new_ids) - 1, decoder.take_capture_seconds()
         decoding = out.decode_seconds - capture  # the graph is captured at the first step, once
         stats = ReasoningStats(
             decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=decoding,
             tokens_per_second=steps / decoding if steps and decoding > 0 else 0.0, capture_seconds=capture,
-            reused_tokens=out.reused_tokens, seed=picker.seed if settings.do_sample else None)
+            reused_tokens=out.reused_tokens, seed=picker.seed if options.sampling.do_sample else None)
         return self._reasoning(sequence + out.new_ids, turn_start, prompt_length, prompt, task,
                                len(out.new_ids), stats, out.stop)
 
