@@ -114,8 +114,9 @@ def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScal
     branches = needed_branches(*scales) if skip_zero_weight else BRANCHES
     context, extra = (t.to(device, unet_dtype) for t in branch_batch(cond, branches))
     batch = len(branches)
-    added = {"text_embeds": cond.pooled.to(device, unet_dtype).expand(batch, -1),
-             "time_ids": add_time_ids(width, height).to(device, unet_dtype).expand(batch, -1)}
+    # [1, ...] for the whole batch, as the reference passes them (the UNet broadcasts the added embedding)
+    added = {"text_embeds": cond.pooled.to(device, unet_dtype),
+             "time_ids": add_time_ids(width, height).to(device, unet_dtype)}
 
     for index, t in enumerate(scheduler.timesteps):
         noisy = scheduler.scale_model_input(latents, t).to(unet_dtype).expand(batch, -1, -1, -1)

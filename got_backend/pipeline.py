@@ -37,6 +37,7 @@ from .mllm import GoTMLLM
 from .models_dir import GoTFiles, load_unet, load_vae, locate, unet_from_state, vae_from_state
 from .prompts import ImageInput, Task, as_rgb_image
 from .reasoning import Reasoning, TokenEvent
+from .sampling import LogitsProcessor
 from .tokens import BOI, VISION_START
 
 DEFAULT_SIZE = 1024
@@ -72,10 +73,12 @@ class ReasoningSettings:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    logits_processor: tuple[LogitsProcessor, ...] = ()  # transformers-style (input_ids, scores) -> scores
 
     def kwargs(self) -> dict:
         return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                "logits_processor": self.logits_processor}
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,7 @@ def to_pil(pixels: torch.Tensor) -> Image.Image:
 
 def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     """RGB PIL -> [1, 3, H, W] float32 in [0, 1] (x / 255, which the latents module rounds back exactly)."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
 
 
 def source_aspect_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
@@ -260,21 +263,26 @@ class GoTPipeline:
                     on_step: StepCallback | None = None) -> Render:
         """Render the image a turn ending with <|im_gen_start|> asks for; `reference` is the image being
         edited (the source, or the last output in a multi-turn edit), None for text to image."""
-        self._stage("reason")
-        semantic = self.mllm.semantic_guidance(reasoning)                       # §6
-        self._stage("render")
-        chain = parse_chain(reasoning.text)                                      # §5, this turn only (§10)
-        width, height = render.width, render.height
-        encode = vae_mode_encoder(self.vae)
-        reference_pixels = pil_to_tensor(reference) if reference is not None else None
-        cond = Conditioning(context=semantic.context, null_context=semantic.null_context, pooled=semantic.pooled,
-                            reference=reference_latent(reference_pixels, encode, width, height),   # §8
-                            spatial=spatial_latent(chain, encode, width, height))                  # §7
+        cond, chain = self.conditioning(reasoning, reference, render.width, render.height)
         generator = torch.Generator(self.device).manual_seed(render.seed)
-        latents = denoise(self.unet, cond, render.scales_for(reasoning.task), width=width, height=height,  # §9
-                          steps=render.steps, generator=generator, latent_dtype=self.vae.dtype,
-                          skip_zero_weight=render.skip_zero_weight, on_step=on_step)
+        latents = denoise(self.unet, cond, render.scales_for(reasoning.task), width=render.width,  # §9
+                          height=render.height, steps=render.steps, generator=generator,
+                          latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight, on_step=on_step)
         return Render(reasoning, chain, latents, to_pil(decode(self.vae, latents)))
+
+    def conditioning(self, reasoning: Reasoning, reference: Image.Image | None, width: int,
+                     height: int) -> tuple[Conditioning, GoTChain]:
+        """What the UNet is conditioned on for this turn, and the turn's boxes."""
+        self._stage("reason")
+        semantic = self.mllm.semantic_guidance(reasoning)                                          # §6
+        self._stage("render")
+        chain = parse_chain(reasoning.text)                                          # §5, this turn only (§10)
+        encode = vae_mode_encoder(self.vae)
+        pixels = pil_to_tensor(reference) if reference is not None else None
+        cond = Conditioning(context=semantic.context, null_context=semantic.null_context, pooled=semantic.pooled,
+                            reference=reference_latent(pixels, encode, width, height),                # §8
+                            spatial=spatial_latent(chain, encode, width, height))                     # §7
+        return cond, chain
 
     # Where the models live
 
