@@ -1,0 +1,252 @@
+"""Command line: GoT end to end without ComfyUI.
+
+    python -m got_backend generate --prompt "a red apple on a blue plate" --models ComfyUI/models --out apple.png
+    python -m got_backend generate --prompt "make the plate green" --image apple.png --models ComfyUI/models --out green.png
+    python -m got_backend generate --prompt "..." --chain-file apple.chain.txt --models ComfyUI/models --out edited.png
+    python -m got_backend generate --smoke --out smoke.png     # tiny random models, CPU, under a minute
+
+Writes OUT.png (the last image), OUT.chain.txt (the chain; edit it and pass it back with --chain-file),
+OUT.layout.png (the boxes of the last image) and, when a run renders several images, OUT.1.png, OUT.2.png, ...
+for the earlier ones. The models come from a ComfyUI-style models folder (converted or as released), or
+straight from the released folders with --release and --qwen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .guidance import GuidanceScales
+from .layout import layout_preview
+from .models_dir import DEFAULT_NAME, GoTFiles, ModelFilesError, layout_help, locate
+from .pipeline import GoTPipeline, GoTResult, PipelineError, Progress, ReasoningSettings, RenderSettings
+from .prompts import ImageInputError, PromptError
+from .reasoning import Reasoning, TokenEvent
+
+SMOKE_SIZE = 128
+SMOKE_STEPS = 8
+SMOKE_TOKENS = 16
+SMOKE_PROMPT = "a red ball left of a blue cube"
+# Random tiny weights never close a chain by themselves, so the smoke run renders this one (the interactive
+# path: the same semantic, spatial and reference guidance a reasoned chain gets) and lets the MLLM go on after it.
+SMOKE_CHAIN = ("The image shows a <|object_ref_start|>red ball<|object_ref_end|><|box_start|>(80,420),(440,860)"
+               "<|box_end|> (red) on the left of a <|object_ref_start|>blue cube<|object_ref_end|><|box_start|>"
+               "(540,300),(930,860)<|box_end|> (blue), on a plain background.<|im_gen_start|>")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m got_backend", description="GoT end to end without ComfyUI.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="reason a chain and render it (text to image, or an edit)",
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              epilog=layout_help(Path("ComfyUI/models")))
+    gen.add_argument("--prompt", help="the caption (text to image) or the edit instruction (with --image)")
+    gen.add_argument("--image", type=Path, help="the image to edit")
+    gen.add_argument("--chain-file", type=Path, help="render this (edited) chain instead of reasoning one")
+    gen.add_argument("--out", type=Path, required=True, help="the image to write (PNG)")
+    where = gen.add_argument_group("models")
+    where.add_argument("--models", type=Path, help="ComfyUI's models folder (converted or released GoT)")
+    where.add_argument("--name", default=DEFAULT_NAME, help=f"the model's name there (default {DEFAULT_NAME})")
+    where.add_argument("--vae", help="a VAE file name in models/vae/ (default: <name>-vae, then sdxl_vae)")
+    where.add_argument("--release", type=Path, help="the released GoT-6B folder (instead of --models)")
+    where.add_argument("--qwen", type=Path, help="the Qwen2.5-VL-3B-Instruct folder (with --release)")
+    where.add_argument("--smoke", action="store_true",
+                       help="build tiny random models in a temporary folder and run on them (CPU, < 1 min)")
+    render = gen.add_argument_group("rendering (GOT_SPEC §9)")
+    render.add_argument("--width", type=int, default=None, help="render width (default 1024; smoke 128)")
+    render.add_argument("--height", type=int, default=None, help="render height (default 1024; smoke 128)")
+    render.add_argument("--steps", type=int, default=None, help="DDPM steps (default 50; smoke 8)")
+    render.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    render.add_argument("--scales", type=float, nargs=3, metavar=("A_T", "A_S", "A_R"),
+                        help="text, spatial and reference guidance (default 7.5 4 1; edits 4 3 1.5)")
+    render.add_argument("--all-branches", action="store_true",
+                        help="run all four guidance branches, as the reference (same result, slower)")
+    reason = gen.add_argument_group("reasoning")
+    reason.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default 1024; smoke 16)")
+    reason.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    reason.add_argument("--temperature", type=float, default=1.0)
+    reason.add_argument("--top-p", type=float, default=1.0)
+    reason.add_argument("--reasoning-seed", type=int, help="seed for --sample")
+    run = gen.add_argument_group("hardware")
+    run.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    run.add_argument("--offload", action="store_true",
+                     help="keep each model on the GPU only for its stage (less VRAM, some copying)")
+    run.add_argument("--plain-decoding", action="store_true",
+                     help="Hugging Face's dynamic-cache decoding instead of the fast decoder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return generate(args)
+    except (ValueError, RuntimeError) as err:
+        if not type(err).__module__.startswith(__package__):  # not one of ours: a bug, keep the traceback
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def generate(args: argparse.Namespace) -> int:
+    if args.smoke:
+        with smoke_models() as files:
+            return run(args, files, SMOKE_SIZE, SMOKE_STEPS, SMOKE_TOKENS)
+    return run(args, model_files(args), 1024, 50, 1024)
+
+
+def model_files(args: argparse.Namespace) -> GoTFiles:
+    if args.release or args.qwen:
+        if not (args.release and args.qwen):
+            raise ModelFilesError("--release (the GoT-6B folder) and --qwen (the Qwen2.5-VL-3B-Instruct folder) "
+                                  "go together")
+        if args.vae:
+            raise ModelFilesError("--vae names a file in a models folder; with --release the VAE comes from the "
+                                  "release (use --models to pick another)")
+        return GoTFiles(args.release, args.qwen, None, None)
+    if args.models is None:
+        raise ModelFilesError("say where GoT's files are: --models ComfyUI/models (or --release and --qwen, or "
+                              "--smoke to try tiny random models).\n" + layout_help(Path("ComfyUI/models")))
+    return locate(args.models, args.name, args.vae)
+
+
+@contextmanager
+def smoke_models() -> Iterator[GoTFiles]:
+    """Tiny random GoT models built in a temporary folder, converted into a models folder."""
+    from .convert import convert_release
+    from .fixtures import make_tiny_release
+
+    with tempfile.TemporaryDirectory(prefix="got-smoke-") as folder:
+        started = time.monotonic()
+        print("smoke: building tiny random GoT models (the released layout) ...", flush=True)
+        models = Path(folder) / "models"
+        models.mkdir()
+        with warnings.catch_warnings():  # PEFT's and transformers' notes about building random models
+            warnings.simplefilter("ignore")
+            try:
+                release = make_tiny_release(Path(folder) / "release")
+            except RuntimeError as err:  # the tokenizer is rebuilt from the dashscope package
+                raise PipelineError(f"--smoke needs the test extras: {err}") from err
+            convert_release(release.got_release, release.qwen_base, models)
+        print(f"smoke: converted into {models} in {time.monotonic() - started:.1f} s", flush=True)
+        yield locate(models)
+
+
+def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens: int) -> int:
+    prompt = args.prompt or (SMOKE_PROMPT if args.smoke else None)
+    if not prompt:
+        raise PromptError("give the caption or edit instruction with --prompt")
+    chain_text = read_chain(args.chain_file) if args.chain_file else (SMOKE_CHAIN if args.smoke else None)
+    if args.smoke and not args.chain_file:
+        print("smoke: tiny random weights cannot reason, so the example chain is rendered (interactive path)")
+    source = read_image(args.image) if args.image else None
+    render = RenderSettings(width=_or(args.width, size), height=_or(args.height, size), steps=_or(args.steps, steps),
+                            seed=args.seed, scales=GuidanceScales(*args.scales) if args.scales else None,
+                            skip_zero_weight=not args.all_branches)
+    reasoning = ReasoningSettings(max_new_tokens=_or(args.max_new_tokens, tokens), do_sample=args.sample,
+                                  temperature=args.temperature, top_p=args.top_p, seed=args.reasoning_seed)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+
+    started = time.monotonic()
+    pipeline = GoTPipeline.from_files(files, device=device, offload=args.offload,
+                                      decoding="plain" if args.plain_decoding else "fast")
+    print(f"loaded GoT on {device} in {time.monotonic() - started:.1f} s", flush=True)
+    with ProgressBars(reasoning.max_new_tokens, render.steps) as bars:
+        if chain_text is not None:
+            result = pipeline.render_chain(prompt, chain_text, source, render=render, reasoning=reasoning,
+                                           progress=bars.progress)
+        else:
+            result = pipeline.generate(prompt, source, render=render, reasoning=reasoning, progress=bars.progress)
+    return write_outputs(result, args.out, render)
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def read_chain(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PipelineError(f"cannot read the chain file {path}: {err}") from err
+
+
+def read_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise ImageInputError(f"cannot read the image {path}: {err}") from err
+
+
+def write_outputs(result: GoTResult, out: Path, render: RenderSettings) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    chain_path = out.with_suffix(".chain.txt")
+    chain_path.write_text(result.text, encoding="utf-8")
+    print(f"chain -> {chain_path}")
+    if not result.renders:
+        stop = result.turns[-1].stop if result.turns else "nothing"
+        print(f"no image: the reasoning stopped on {stop} without asking for an image (<|im_gen_start|>); "
+              "raise --max-new-tokens, or finish the chain by hand and pass it with --chain-file", file=sys.stderr)
+        return 1
+    for index, image in enumerate(result.images[:-1], start=1):
+        image.save(out.with_suffix(f".{index}.png"))
+    result.images[-1].save(out)
+    last = result.renders[-1]
+    preview = layout_preview(last.chain, render.width, render.height)
+    layout_path = out.with_suffix(".layout.png")
+    Image.fromarray((preview * 255).round().byte().numpy()).save(layout_path)
+    print(f"image -> {out} ({len(result.images)} rendered; layout -> {layout_path})")
+    return 0
+
+
+class ProgressBars:
+    """tqdm bars: tokens per reasoning turn, DDPM steps per image."""
+
+    def __init__(self, max_new_tokens: int, steps: int) -> None:
+        self.max_new_tokens, self.steps = max_new_tokens, steps
+        self.tokens = self.denoise = None
+        self.progress = Progress(on_token=self._token, on_turn=self._turn, on_step=self._step)
+
+    def __enter__(self) -> ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for bar in (self.tokens, self.denoise):
+            if bar is not None:
+                bar.close()
+
+    def _token(self, event: TokenEvent) -> None:
+        from tqdm import tqdm
+
+        if self.tokens is None:
+            self.tokens = tqdm(total=self.max_new_tokens, desc="reasoning", unit="tok")
+        self.tokens.update(1)
+
+    def _turn(self, reasoning: Reasoning) -> None:
+        if self.tokens is not None:
+            self.tokens.close()
+            self.tokens = None
+        print(f"turn ended on {reasoning.stop} after {reasoning.new_tokens} new tokens", flush=True)
+
+    def _step(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.denoise is None:
+            self.denoise = tqdm(total=total, desc="denoising", unit="step")
+        self.denoise.update(1)
+        if done == total:
+            self.denoise.close()
+            self.denoise = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
