@@ -78,11 +78,13 @@ class ChainStream:
 
 
 def reason_or_interrupt(work: Callable[[], Reasoning]) -> Reasoning:
-    """Run `work`; a cancelled reasoning becomes ComfyUI's interrupt (raised after the handler has released
-    the backend's traceback, and with it the KV cache, so the memory returns)."""
+    """Run `work`; Cancel becomes a fresh InterruptProcessingException raised after the handler, so no traceback
+    keeps the generation's frames (and the KV cache they hold) alive, then the freed memory goes back to the
+    device. Cancel arrives either as the backend's ReasoningCancelled (its check between tokens) or as ComfyUI's
+    own interrupt, which the server's progress-bar hook raises inside a token callback."""
     try:
         return work()
-    except ReasoningCancelled:
+    except (ReasoningCancelled, comfy.model_management.InterruptProcessingException):
         pass
     comfy.model_management.soft_empty_cache()
     raise comfy.model_management.InterruptProcessingException()

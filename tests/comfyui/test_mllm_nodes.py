@@ -143,17 +143,35 @@ def test_chain_start_is_continued_or_used_as_is(nodes, managed):
     assert continued.text.startswith(start) and continued.reasoning.new_tokens == 4
 
 
-def test_cancel_interrupts_and_frees_the_kv_cache(mm, nodes, managed):
+@pytest.fixture(params=["reasoner's check", "server's progress hook"])
+def cancel_path(request, inproc, mm):
+    """Where Cancel is noticed: the reasoner's own check between tokens, or (in a running server) ComfyUI's
+    progress-bar hook, which raises InterruptProcessingException from inside the per-token callback."""
+    import comfy.utils
+
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    if request.param == "server's progress hook":
+        comfy.utils.set_progress_bar_global_hook(
+            lambda value, total, preview, node_id=None: mm.throw_exception_if_processing_interrupted())
+    yield request.param
+    comfy.utils.set_progress_bar_global_hook(previous)
+
+
+def test_cancel_interrupts_and_frees_the_kv_cache(mm, nodes, managed, cancel_path):
     decoders = []
 
     def cancel_once_reasoning():  # like the Cancel button: sets ComfyUI's interrupt flag mid-generation
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and managed.got.cached_tokens < 40:
-            decoder = managed.got._decoder
-            if decoder is not None and not decoders:
-                decoders.append(weakref.ref(decoder))
+        while time.monotonic() < deadline:
+            if not decoders and managed.got._decoder is not None:
+                decoders.append(weakref.ref(managed.got._decoder))
+            decoder = decoders[0]() if decoders else None
+            if decoders and (decoder is None or len(decoder.ids) > 60):  # 20+ tokens after the prompt
+                break
             time.sleep(0.005)
         mm.interrupt_current_processing(True)
+
+    managed.got.release_caches()  # so that the decoder the watcher sees is this reasoning's
 
     watcher = threading.Thread(target=cancel_once_reasoning, daemon=True)
     watcher.start()
@@ -163,7 +181,7 @@ def test_cancel_interrupts_and_frees_the_kv_cache(mm, nodes, managed):
             reason(nodes, managed, max_new_tokens=8000)
     finally:
         mm.interrupt_current_processing(False)
-        watcher.join(5)
+        watcher.join(60)
     assert time.monotonic() - started < 60  # stopped within a few tokens, not after 8000
     assert raised.value.__context__ is None and raised.value.__cause__ is None  # no traceback keeps frames alive
     assert managed.got.cached_tokens == 0
