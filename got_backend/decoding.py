@@ -136,6 +136,7 @@ class Decoder:
     """The KV cache of one token sequence, fed by Hugging Face's forward; subclasses provide the step."""
 
     kind = "abstract"
+    note: str | None = None  # why a faster way was given up, if it was
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model

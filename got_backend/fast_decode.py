@@ -54,9 +54,22 @@ class DecoderStack:
             raise UnsupportedModelError("sliding-window attention is enabled in the model config")
         if getattr(self.rotary, "rope_type", "default") != "default":
             raise UnsupportedModelError(f"rope type {self.rotary.rope_type!r} (the step computes default rope)")
-        attention = self.layers[0].self_attn
-        if getattr(attention, "head_dim", self.head_dim) != self.head_dim:
+        layer = self.layers[0]
+        parts = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp",
+                 "input_layernorm", "post_attention_layernorm")
+        missing = [name for name in parts if not _has_submodule(layer, name)]
+        if missing:
+            raise UnsupportedModelError(f"decoder layers lack {', '.join(missing)}")
+        if getattr(layer.self_attn, "head_dim", self.head_dim) != self.head_dim:
             raise UnsupportedModelError("attention head_dim differs from hidden_size / num_attention_heads")
+
+
+def _has_submodule(module: torch.nn.Module, name: str) -> bool:
+    try:
+        module.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
 
 
 class StaticDecoder(Decoder):
@@ -69,7 +82,6 @@ class StaticDecoder(Decoder):
         self.use_cuda_graph = use_cuda_graph and device.type == "cuda" and torch.cuda.is_available()
         self.kind = "cuda_graph" if self.use_cuda_graph else "static"
         self.capture_seconds = 0.0  # spent capturing since the last `take_capture_seconds`
-        self.fallback_reason: str | None = None
         self.token = torch.zeros(1, 1, dtype=torch.long, device=device)
         self.slot = torch.zeros(1, dtype=torch.long, device=device)
         self.position = torch.zeros(1, dtype=torch.long, device=device)
@@ -143,21 +155,22 @@ class StaticDecoder(Decoder):
             # Warm-up and capture write a junk key/value into the last slot, which is rewritten before
             # any step can attend to it.
             self.slot.fill_(self.capacity - 1)
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    self._decode_step()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                logits = self._decode_step()
-            torch.cuda.synchronize(device)
+            with torch.cuda.device(device):
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    for _ in range(2):
+                        self._decode_step()
+                torch.cuda.current_stream().wait_stream(stream)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                    logits = self._decode_step()
+                torch.cuda.synchronize()
             self._graph, self._graph_logits = graph, logits
         except Exception as err:  # capture is an optimisation: any failure keeps the eager step
             self.use_cuda_graph, self.kind = False, "static"
-            self.fallback_reason = f"CUDA graph capture failed ({type(err).__name__}: {err}); decoding eagerly"
-            log.warning("GoT reasoner: %s", self.fallback_reason)
+            self.note = f"CUDA graph capture failed ({type(err).__name__}: {err}); decoding eagerly"
+            log.warning("GoT reasoner: %s", self.note)
         finally:
             self.token.copy_(token)
             self.slot.copy_(slot)

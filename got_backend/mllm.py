@@ -339,6 +339,7 @@ class GoTMLLM:
             decoder = self._acquire_decoder(len(sequence.ids) + options.max_new_tokens + IMAGE_QUERY_COUNT + 1)
             out = generate_turn(decoder, sequence, picker, self._stops, options.max_new_tokens, self._decode,
                                 options.on_token, options.should_cancel)
+        self.decoder_note = decoder.note or self.decoder_note
         steps, capture = len(out.new_ids) - 1, decoder.take_capture_seconds()
         decoding = out.decode_seconds - capture  # the graph is captured at the first step, once
         stats = ReasoningStats(

@@ -35,7 +35,8 @@ def project(hidden_states: torch.Tensor, output_projector: nn.Linear, output_pro
     )
 
 
-def projectors_from_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
+def projectors_from_state(state: dict[str, torch.Tensor],
+                          dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
     """`output_projector` and `output_projector_add` from a state dict with keys
     `output_projector.{weight,bias}` and `output_projector_add.{weight,bias}`."""
     layers = []

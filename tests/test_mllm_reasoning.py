@@ -226,8 +226,8 @@ def test_edited_chain_is_retokenized_and_run_in_full(mllm: GoTMLLM) -> None:
     edited_text = ("A <|object_ref_start|>red ball<|object_ref_end|><|box_start|>(10,20),(300,400)<|box_end|> (red)"
                    + BOI)
     guidance = mllm.semantic_guidance(chain, edited_text)
-    ids = (chain.sequence.ids[:chain.turn_start] + tuple(mllm.tokenizer(edited_text, add_special_tokens=False)["input_ids"])
-           + mllm.tokens.image_queries)
+    edited_ids = tuple(mllm.tokenizer(edited_text, add_special_tokens=False)["input_ids"])
+    ids = chain.sequence.ids[:chain.turn_start] + edited_ids + mllm.tokens.image_queries
     assert guidance.reused_tokens == 0
     assert_projected(mllm, guidance, reference_hidden_states(mllm, ids, []))
     unedited = mllm.semantic_guidance(chain, chain.text)
