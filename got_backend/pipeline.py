@@ -35,6 +35,7 @@ from .guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
 from .latents import check_output_size, reference_latent, spatial_latent, vae_mode_encoder
 from .mllm import GoTMLLM
 from .models_dir import GoTFiles, load_unet, load_vae, locate, unet_from_state, vae_from_state
+from .offload import Offloader
 from .prompts import ImageInput, Task, as_rgb_image
 from .reasoning import Reasoning, TokenEvent
 from .sampling import LogitsProcessor
@@ -88,6 +89,11 @@ class Progress:
     on_token: Callable[[TokenEvent], None] | None = None
     on_turn: Callable[[Reasoning], None] | None = None  # after each reasoning turn
     on_step: StepCallback | None = None  # (steps done, steps in all) during denoising
+    on_stage: Callable[[str], None] | None = None  # a render enters "semantic", "switch", "latents", "denoise", "decode"
+
+    def stage(self, name: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name)
 
 
 @dataclass(frozen=True)
@@ -154,10 +160,17 @@ class GoTPipeline:
                  device: torch.device | str | None = None, offload: bool = False,
                  max_images: int = DEFAULT_MAX_IMAGES) -> None:
         self.mllm, self.unet, self.vae = mllm, unet, vae
+        if offload and device is None:
+            raise PipelineError("offloading needs the device the stages run on (device='cuda')")
         self.device = torch.device(device) if device is not None else unet.device
         self.offload = offload
         self.max_images = max_images
-        self._stage("reason" if offload else "all")
+        self._offloader = Offloader(self.device) if offload else None
+        self._resident: str | None = None
+        if not offload:
+            for model in (mllm, unet, vae):
+                if model.device != self.device:
+                    model.to(self.device)
 
     @classmethod
     def from_files(cls, files: GoTFiles, *, device: torch.device | str = "cpu", mllm_dtype: torch.dtype | None = None,
@@ -241,7 +254,7 @@ class GoTPipeline:
                 if len(result.renders) == self.max_images:
                     break
                 reference = result.renders[-1].image if result.renders else source
-                result.renders.append(self.render_turn(reasoning, reference, render, progress.on_step))
+                result.renders.append(self.render_turn(reasoning, reference, render, progress))
             elif reasoning.stop == "vision_start":
                 if not result.renders:
                     raise PipelineError("the chain asks to look at the last rendered image (<|vision_start|>) "
@@ -260,22 +273,29 @@ class GoTPipeline:
     # One image from one turn: §6-§9
 
     def render_turn(self, reasoning: Reasoning, reference: Image.Image | None, render: RenderSettings,
-                    on_step: StepCallback | None = None) -> Render:
+                    progress: Progress = Progress()) -> Render:
         """Render the image a turn ending with <|im_gen_start|> asks for; `reference` is the image being
         edited (the source, or the last output in a multi-turn edit), None for text to image."""
-        cond, chain = self.conditioning(reasoning, reference, render.width, render.height)
+        cond, chain = self.conditioning(reasoning, reference, render.width, render.height, progress)
+        progress.stage("denoise")
         generator = torch.Generator(self.device).manual_seed(render.seed)
         latents = denoise(self.unet, cond, render.scales_for(reasoning.task), width=render.width,  # §9
                           height=render.height, steps=render.steps, generator=generator,
-                          latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight, on_step=on_step)
+                          latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight,
+                          on_step=progress.on_step)
+        progress.stage("decode")
         return Render(reasoning, chain, latents, to_pil(decode(self.vae, latents)))
 
-    def conditioning(self, reasoning: Reasoning, reference: Image.Image | None, width: int,
-                     height: int) -> tuple[Conditioning, GoTChain]:
+    def conditioning(self, reasoning: Reasoning, reference: Image.Image | None, width: int, height: int,
+                     progress: Progress = Progress()) -> tuple[Conditioning, GoTChain]:
         """What the UNet is conditioned on for this turn, and the turn's boxes."""
+        progress.stage("semantic")
         self._stage("reason")
         semantic = self.mllm.semantic_guidance(reasoning)                                          # §6
+        if self.offload:
+            progress.stage("switch")
         self._stage("render")
+        progress.stage("latents")
         chain = parse_chain(reasoning.text)                                          # §5, this turn only (§10)
         encode = vae_mode_encoder(self.vae)
         pixels = pil_to_tensor(reference) if reference is not None else None
@@ -287,17 +307,19 @@ class GoTPipeline:
     # Where the models live
 
     def _stage(self, stage: str) -> None:
-        """Put the models the stage needs on the device; with offload, the others go to the CPU first."""
-        if not self.offload:
-            stage = "all"
-        wanted = {"reason": (self.mllm,), "render": (self.unet, self.vae), "all": (self.mllm, self.unet, self.vae)}
-        for model in (self.mllm, self.unet, self.vae):
-            if model not in wanted[stage]:
-                _move(model, torch.device("cpu"))
-        for model in wanted[stage]:
-            _move(model, self.device)
+        """With offload, only the stage's models are on the device: the MLLM to "reason", the UNet and the
+        VAE to "render". The MLLM's KV cache (GPU memory) is dropped when it leaves."""
+        if self._offloader is None or self._resident == stage:
+            return
+        if self._resident == "reason":
+            self.mllm.release_caches()
+        for module in self._parts("render" if stage == "reason" else "reason"):
+            self._offloader.unload(module)
+        for module in self._parts(stage):
+            self._offloader.load(module)
+        self._resident = stage
 
-
-def _move(model: GoTMLLM | torch.nn.Module, device: torch.device) -> None:
-    if model.device != device:
-        model.to(device)
+    def _parts(self, stage: str) -> tuple[torch.nn.Module, ...]:
+        if stage == "reason":
+            return self.mllm.model, self.mllm.output_projector, self.mllm.output_projector_add
+        return self.unet, self.vae

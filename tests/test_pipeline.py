@@ -17,8 +17,8 @@ from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, deno
 from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
 from got_backend.layout import layout_preview
 from got_backend.models_dir import GoTFiles, ModelFilesError, locate
-from got_backend.pipeline import (GoTPipeline, PipelineError, ReasoningSettings, RenderSettings, source_aspect_size,
-                                  split_chain_turns)
+from got_backend.pipeline import (GoTPipeline, PipelineError, Progress, ReasoningSettings, RenderSettings,
+                                  source_aspect_size, split_chain_turns)
 from got_backend.prompts import condition_image
 
 REF, REF_END, BOX, BOX_END = "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"
@@ -214,6 +214,20 @@ def test_edited_chain_changes_layout_semantics_and_image(pipeline: GoTPipeline) 
     assert torch.equal(before.reference, after.reference)
     assert not torch.allclose(original.renders[0].latents, edited.renders[0].latents, atol=1e-3)
     assert original.image.tobytes() != edited.image.tobytes()
+
+
+def test_stage_offload_renders_the_same_image(pipeline: GoTPipeline) -> None:
+    """With offload the MLLM and the UNet/VAE take turns on the device (here the CPU: the code path, not
+    the memory saving, which bench/end_to_end.py measures on a GPU)."""
+    plain = pipeline.render_chain(PROMPT, CHAIN, render=SMALL, reasoning=ReasoningSettings(max_new_tokens=1))
+    offloading = GoTPipeline(pipeline.mllm, pipeline.unet, pipeline.vae, device="cpu", offload=True)
+    stages: list[str] = []
+    result = offloading.render_chain(PROMPT, CHAIN, render=SMALL, reasoning=ReasoningSettings(max_new_tokens=1),
+                                     progress=Progress(on_stage=stages.append))
+    assert stages == ["semantic", "switch", "latents", "denoise", "decode"]
+    assert torch.equal(result.renders[0].latents, plain.renders[0].latents)
+    with pytest.raises(PipelineError, match="needs the device"):
+        GoTPipeline(pipeline.mllm, pipeline.unet, pipeline.vae, offload=True)
 
 
 def test_chain_errors_are_clear(pipeline: GoTPipeline) -> None:
