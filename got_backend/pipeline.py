@@ -216,9 +216,14 @@ class GoTPipeline:
         """Text to image (no `image`) or an edit of `image`: the MLLM reasons, images are rendered."""
         source = as_rgb_image(image, "source image") if image is not None else None
         check_output_size(render.width, render.height)
+        return self._run(self.reason(prompt, source, reasoning, progress), [], source, render, reasoning, progress)
+
+    def reason(self, prompt: str, image: ImageInput | None = None, settings: ReasoningSettings = ReasoningSettings(),
+               progress: Progress = Progress(), assistant_prefix: str = "") -> Reasoning:
+        """The first reasoning turn (§4, §5), with the MLLM on the device."""
         self._stage("reason")
-        first = self.mllm.reason(prompt, source, on_token=progress.on_token, **reasoning.kwargs())
-        return self._run(first, [], source, render, reasoning, progress)
+        return self.mllm.reason(prompt, image, assistant_prefix=assistant_prefix, on_token=progress.on_token,
+                                **settings.kwargs())
 
     def render_chain(self, prompt: str, chain_text: str, image: ImageInput | None = None, *,
                      render: RenderSettings = RenderSettings(), reasoning: ReasoningSettings = ReasoningSettings(),
@@ -236,8 +241,7 @@ class GoTPipeline:
         if pieces[0].endswith(BOI):
             first = self.mllm.user_chain(prompt, pieces[0], source)
         else:
-            first = self.mllm.reason(prompt, source, assistant_prefix=pieces[0], on_token=progress.on_token,
-                                     **reasoning.kwargs())
+            first = self.reason(prompt, source, reasoning, progress, assistant_prefix=pieces[0])
         return self._run(first, pieces[1:], source, render, reasoning, progress)
 
     def _run(self, reasoning: Reasoning, pieces: list[str], source: Image.Image | None, render: RenderSettings,
