@@ -44,13 +44,13 @@ def note(node_id: int, pos: tuple[int, int], size: tuple[int, int], text: str) -
 # --- the graphs ---------------------------------------------------------------------------------------------
 
 T2I_PROMPT = "A red apple and a green pear side by side on a wooden table, soft morning light"
-EDIT_PROMPT = "Make the ball in the picture blue"
+EDIT_PROMPT = "Put a red hat on the girl's head"
 WIDTH, HEIGHT = 20, 21  # ids of the shared size nodes
 
 
 def size_nodes() -> list[Node]:
-    return [Node(WIDTH, "PrimitiveInt", (20, 620), (270, 82), {"value": 1024}, title="width"),
-            Node(HEIGHT, "PrimitiveInt", (20, 730), (270, 82), {"value": 1024}, title="height")]
+    return [Node(WIDTH, "PrimitiveInt", (20, 430), (300, 82), {"value": 1024}, title="width"),
+            Node(HEIGHT, "PrimitiveInt", (20, 560), (300, 82), {"value": 1024}, title="height")]
 
 
 def sized(links: dict | None = None) -> dict:
@@ -59,16 +59,16 @@ def sized(links: dict | None = None) -> dict:
 
 def loaders() -> list[Node]:
     return [
-        Node(1, "GoTMLLMLoader", (20, 60), (330, 130),
+        Node(1, "GoTMLLMLoader", (20, 40), (330, 110),
              {"model_folder": "GoT-6B", "qwen_folder": "(converted: not needed)", "dtype": "auto"}),
-        Node(4, "VAELoader", (20, 370), (330, 60), {"vae_name": "GoT-6B-vae.safetensors"}),
-        Node(7, "GoTUNetLoader", (20, 470), (330, 90),
+        Node(4, "VAELoader", (20, 190), (330, 60), {"vae_name": "GoT-6B-vae.safetensors"}),
+        Node(7, "GoTUNetLoader", (20, 290), (330, 90),
              {"unet_name": "GoT-6B-unet.safetensors", "weight_dtype": "default"}),
     ]
 
 
 def reasoner(prompt: str, task: str, image: tuple[int, int] | None = None) -> Node:
-    return Node(2, "GoTReasoner", (390, 60), (420, 520),
+    return Node(2, "GoTReasoner", (390, 40), (420, 580),
                 {"prompt": prompt, "task": task, "max_new_tokens": 1024, "sampling": False, "seed": 0,
                  "temperature": 1.0, "top_p": 1.0, "chain_start": ""},
                 {"mllm": (1, 0), **({"image": image} if image else {})})
@@ -79,19 +79,19 @@ def sampling(chain: tuple[int, int], scales: tuple[float, float, float], x: int 
     the reference's "leading" schedule with offset 1: timesteps 981, 961, ..., 1) -> VAE Decode."""
     a_t, a_s, a_r = scales
     return [
-        Node(6, "GoTSSGMConditioner", (850, 60), (330, 170),
+        Node(6, "GoTSSGMConditioner", (850, 40), (330, 200),
              links=sized({"mllm": (1, 0), "chain": chain, "vae": (4, 0), "reference": (5, 0)})),
-        Node(8, "GoTGuider", (850, 280), (330, 150), {"a_t": a_t, "a_s": a_s, "a_r": a_r},
+        Node(8, "GoTGuider", (850, 290), (330, 150), {"a_t": a_t, "a_s": a_s, "a_r": a_r},
              {"model": (7, 0), "branches": (6, 2)}),
-        Node(9, "RandomNoise", (x, 60), (300, 82), {"noise_seed": 42}),
-        Node(10, "KSamplerSelect", (x, 180), (300, 60), {"sampler_name": "ddpm"}),
+        Node(9, "RandomNoise", (x, 40), (300, 82), {"noise_seed": 42}),
+        Node(10, "KSamplerSelect", (x, 170), (300, 60), {"sampler_name": "ddpm"}),
         Node(11, "BasicScheduler", (x, 280), (300, 110), {"scheduler": "ddim_uniform", "steps": 50, "denoise": 1.0},
              {"model": (7, 0)}),
-        Node(12, "EmptyLatentImage", (x, 430), (300, 110), {"batch_size": 1}, sized()),
-        Node(13, "SamplerCustomAdvanced", (x + 340, 60), (260, 110),
+        Node(12, "EmptyLatentImage", (x, 440), (300, 110), {"batch_size": 1}, sized()),
+        Node(13, "SamplerCustomAdvanced", (x + 340, 40), (260, 110),
              links={"noise": (9, 0), "guider": (8, 0), "sampler": (10, 0), "sigmas": (11, 0),
                     "latent_image": (12, 0)}),
-        Node(14, "VAEDecode", (x + 340, 220), (260, 50), links={"samples": (13, 0), "vae": (4, 0)}),
+        Node(14, "VAEDecode", (x + 340, 200), (260, 50), links={"samples": (13, 0), "vae": (4, 0)}),
     ]
 
 
@@ -105,11 +105,11 @@ def text_to_image() -> list[Node]:
     return [
         *loaders(), *size_nodes(),
         reasoner(T2I_PROMPT, "text-to-image"),
-        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0)})),
+        Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0)})),
         *sampling((2, 0), (7.5, 4.0, 1.0)),
         Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/t2i"}, {"images": (14, 0)}),
-        *layout_preview(16, (2, 0), (850, 640), "layout of the chain"),
-        note(30, (390, 620), (420, 300),
+        *layout_preview(16, (2, 0), (850, 670), "layout of the chain"),
+        note(30, (390, 680), (420, 300),
              "## GoT text-to-image\nThe **GoT Reasoner** writes a plan (a chain of thought with a box and a colour per "
              "object); it appears on the node while it is written. The **SSGM Conditioner** turns the plan into "
              "semantic, spatial and reference guidance; the **GoT Guider** applies GoT's three guidance scales.\n\n"
@@ -121,15 +121,15 @@ def text_to_image() -> list[Node]:
 def editing() -> list[Node]:
     return [
         *loaders(), *size_nodes(),
-        Node(3, "LoadImage", (20, 860), (330, 360), {"image": "example.png"}, title="image to edit"),
+        Node(3, "LoadImage", (20, 690), (330, 360), {"image": "example.png"}, title="image to edit"),
         reasoner(EDIT_PROMPT, "edit", image=(3, 0)),
-        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0), "image": (3, 0)})),
+        Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0), "image": (3, 0)})),
         *sampling((2, 0), (4.0, 3.0, 1.5)),
-        Node(18, "ImageScale", (1590, 60), (300, 130), {"upscale_method": "bicubic", "crop": "disabled"},
+        Node(18, "ImageScale", (1590, 290), (300, 130), {"upscale_method": "bicubic", "crop": "disabled"},
              {"image": (14, 0), "width": (5, 1), "height": (5, 2)}, title="back to the source's aspect ratio"),
-        Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/edit"}, {"images": (18, 0)}),
-        *layout_preview(16, (2, 0), (850, 640), "layout of the edit"),
-        note(30, (390, 620), (420, 300),
+        Node(15, "SaveImage", (1590, 470), (520, 560), {"filename_prefix": "GoT/edit"}, {"images": (18, 0)}),
+        *layout_preview(16, (2, 0), (850, 670), "layout of the edit"),
+        note(30, (390, 680), (420, 300),
              "## GoT image editing\nLoad the image to edit and write the instruction. The **GoT Reasoner** (task: "
              "edit) looks at the image and plans the edit step by step; the **Reference Encoder** gives the source "
              "image as reference guidance. The guider uses GoT's editing scales (a_t 4.0, a_s 3.0, a_r 1.5); the "
@@ -141,13 +141,13 @@ def interactive() -> list[Node]:
     return [
         *loaders(), *size_nodes(),
         reasoner(T2I_PROMPT, "text-to-image"),
-        Node(3, "GoTChainParser", (850, 760), (520, 420), {"text": ""}, {"chain": (2, 0)}, title="edit the plan here"),
-        Node(5, "GoTReferenceEncoder", (850, 480), (330, 110), links=sized({"vae": (4, 0)})),
+        Node(3, "GoTChainParser", (850, 670), (380, 420), {"text": ""}, {"chain": (2, 0)}, title="edit the plan here"),
+        Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0)})),
         *sampling((3, 0), (7.5, 4.0, 1.0)),
         Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/interactive"}, {"images": (14, 0)}),
-        *layout_preview(16, (2, 0), (1410, 900), "reasoner's layout"),
-        *layout_preview(26, (3, 0), (1780, 900), "edited layout"),
-        note(30, (390, 620), (420, 380),
+        *layout_preview(16, (2, 0), (1250, 600), "reasoner's layout"),
+        *layout_preview(26, (3, 0), (1590, 900), "edited layout"),
+        note(30, (390, 680), (420, 380),
              "## GoT interactive generation\n1. Queue: the Reasoner writes the plan (shown on it) and the image is "
              "rendered from it.\n2. Copy the plan into **edit the plan here** and change it: a phrase, a box "
              "`(x1,y1),(x2,y2)` on a 0..1000 grid, or a colour `(red)`. Keep `<|im_gen_start|>` at the end.\n3. "
