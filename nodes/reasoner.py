@@ -222,14 +222,15 @@ class GoTNextTurn(io.ComfyNode):
         previous = got.edit_chain(chain_reasoning(chain), chain.text)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         settings = sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)
-        shown = False
-        while True:
-            wants_image = previous.stop == "vision_start"
-            previous = reason_or_interrupt(lambda: got.continue_reasoning(
-                previous, comfy_image(image) if wants_image else None, on_token=stream, **settings))
-            shown |= wants_image
-            if shown or previous.stop != "vision_start":
-                break
+
+        def turn(reasoning: Reasoning, shown: torch.Tensor | None) -> Reasoning:
+            return reason_or_interrupt(lambda: got.continue_reasoning(
+                reasoning, comfy_image(shown), on_token=stream, **settings))
+
+        if previous.stop != "vision_start":  # e.g. after <|im_gen_start|>: go on after the 64 image queries
+            previous = turn(previous, None)
+        if previous.stop == "vision_start":  # the model asks to see the image rendered from the last turn
+            previous = turn(previous, image)
         stream.finish(previous)
         return chain_output(previous)
 
