@@ -5,8 +5,10 @@ streams onto the Reasoner with a token progress bar; Cancel and bad input fail o
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -145,6 +147,16 @@ def test_template_and_api_twin_describe_the_same_graph(object_info, name):
     workflow = load_json(UI_DIR / f"{name}.json")
     assert workflow["version"] == 0.4 and workflow["last_link_id"] == len(workflow["links"])
     assert ui_to_api(workflow, object_info) == twin(name)
+
+
+def test_templates_are_what_the_generator_writes(object_info):
+    """workflows/ and tests/workflows_api/ are regenerated after every change to make_workflows.py."""
+    spec = importlib.util.spec_from_file_location("make_workflows", API_DIR / "make_workflows.py")
+    make = sys.modules["make_workflows"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(make)
+    for name, nodes in make.WORKFLOWS.items():
+        assert make.build_ui(nodes(), object_info) == load_json(UI_DIR / f"{name}.json"), name
+        assert make.build_api(nodes(), object_info) == twin(name), name
 
 
 def test_templates_are_all_twinned_and_served(comfyui_server):
