@@ -3,6 +3,7 @@ loop, branch skipping, determinism, edits, multi-turn, interactive chains, and t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +12,13 @@ import torch
 from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from transformers import NoRepeatNGramLogitsProcessor
 
 from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
 from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
 from got_backend.layout import layout_preview
-from got_backend.models_dir import GoTFiles, ModelFilesError, locate
+from got_backend.models_dir import GoTFiles, ModelFilesError, load_vae, locate
 from got_backend.pipeline import (GoTPipeline, PipelineError, Progress, ReasoningSettings, RenderSettings,
                                   source_aspect_size, split_chain_turns)
 from got_backend.prompts import condition_image
@@ -293,3 +295,43 @@ def test_released_files_load_and_match_the_converted_mllm(tmp_path: Path, tiny_r
     assert torch.allclose(ours.spatial, converted.spatial, atol=1e-5)
     for name, value in released.unet.state_dict().items():  # the converter stores the UNet in fp16
         assert torch.equal(value.half().float(), pipeline.unet.state_dict()[name]), name
+
+
+def original_sdxl_vae_name(name: str) -> str:
+    """A diffusers AutoencoderKL key in the original (ldm) naming SDXL's sdxl_vae.safetensors uses."""
+    for pattern, replacement in [
+        (r"^(encoder|decoder)\.conv_norm_out", r"\1.norm_out"),
+        (r"^encoder\.down_blocks\.(\d)\.resnets\.(\d)", r"encoder.down.\1.block.\2"),
+        (r"^encoder\.down_blocks\.(\d)\.downsamplers\.0", r"encoder.down.\1.downsample"),
+        (r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)", lambda m: f"decoder.up.{3 - int(m[1])}.block.{m[2]}"),
+        (r"^decoder\.up_blocks\.(\d)\.upsamplers\.0", lambda m: f"decoder.up.{3 - int(m[1])}.upsample"),
+        (r"mid_block\.resnets\.(\d)", lambda m: f"mid.block_{int(m[1]) + 1}"),
+        (r"mid_block\.attentions\.0\.group_norm", "mid.attn_1.norm"),
+        (r"mid_block\.attentions\.0\.to_(q|k|v)", r"mid.attn_1.\1"),
+        (r"mid_block\.attentions\.0\.to_out\.0", "mid.attn_1.proj_out"),
+        (r"conv_shortcut", "nin_shortcut"),
+    ]:
+        name = re.sub(pattern, replacement, name)
+    return name
+
+
+def test_sdxl_vae_in_its_original_names_loads_as_the_converted_one(tmp_path: Path, tiny_models_dir: Path) -> None:
+    """models/vae/sdxl_vae.safetensors as Stability ships it (ldm names, 1x1-conv attention weights)."""
+    converted = tiny_models_dir / "vae" / "GoT-6B-vae.safetensors"
+    original = {}
+    for name, value in load_file(str(converted)).items():
+        renamed = original_sdxl_vae_name(name)
+        original[renamed] = value[..., None, None] if ".attn_1." in renamed and value.dim() == 2 else value
+    assert "encoder.down.0.block.0.conv1.weight" in original and "decoder.up.3.block.0.conv1.weight" in original
+    save_file(original, str(tmp_path / "sdxl_vae.safetensors"))
+    ours = load_vae(tmp_path / "sdxl_vae.safetensors", torch.float32, "cpu")
+    reference = load_vae(converted, torch.float32, "cpu")
+    expected = reference.state_dict()
+    assert ours.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[name]) for name, value in ours.state_dict().items())
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "vae" / "sdxl_vae.safetensors").symlink_to(tmp_path / "sdxl_vae.safetensors")
+    for folder in ("LLM", "diffusion_models"):
+        (models / folder).symlink_to(tiny_models_dir / folder)
+    assert locate(models).vae.name == "sdxl_vae.safetensors"
