@@ -2,20 +2,17 @@
 
 The MLLM and its two projectors sit behind one `comfy.model_patcher.ModelPatcher`, so ComfyUI accounts for them,
 moves them to the GPU with `load_models_gpu` before every use, offloads them when another model needs the
-memory, and unloads them on "Unload models" (POST /free) like any checkpoint. When ComfyUI detaches the model,
-the reasoner's KV cache (kept between the Reasoner and the SSGM Conditioner for reuse) is dropped too, so no
-VRAM stays behind. Cancel drops the cache inside `GoTMLLM` itself.
+memory, and unloads them on "Unload models" (POST /free) like any checkpoint. Whenever ComfyUI takes the
+weights off the device, the reasoner's KV cache (kept between the Reasoner and the SSGM Conditioner for reuse)
+is freed too, so no VRAM stays behind. Cancel frees the cache inside `GoTMLLM` itself.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 
 import comfy.model_management
 import comfy.model_patcher
-from comfy.patcher_extension import CallbacksMP
 
 from ..got_backend.chain import GoTChain
 from ..got_backend.mllm import GoTMLLM
@@ -59,17 +56,23 @@ class MLLMWeights(torch.nn.Module):
         self.mllm = got.model
         self.output_projector = got.output_projector
         self.output_projector_add = got.output_projector_add
+        self.release_caches = got.release_caches
 
 
-def _release_caches_on_unload(got: GoTMLLM) -> Callable[[comfy.model_patcher.ModelPatcher, bool], None]:
-    """ON_DETACH callback: drop the KV cache when ComfyUI unloads the weights (unpatch_all). Not when the
-    patcher is merely garbage-collected (its __del__ detaches with unpatch_all=False): the cache then goes
-    with the model, and torch must not run during interpreter shutdown. Bound to `got`, not to the wrapper,
-    so the patcher keeps no reference cycle alive."""
-    def on_detach(patcher: comfy.model_patcher.ModelPatcher, unpatch_all: bool) -> None:
+class MLLMPatcher(comfy.model_patcher.ModelPatcher):
+    """A ModelPatcher that also frees the reasoner's KV cache whenever ComfyUI takes the weights off the device,
+    partly (to make room for another model) or wholly (unload)."""
+
+    def partially_unload(self, device_to: torch.device, memory_to_free: int = 0) -> int:
+        self.model.release_caches()
+        return super().partially_unload(device_to, memory_to_free)
+
+    def detach(self, unpatch_all: bool = True) -> torch.nn.Module:
+        # Not when the patcher is merely garbage-collected (its __del__ detaches with unpatch_all=False): the
+        # cache then goes with the model, and torch must not run during interpreter shutdown.
         if unpatch_all:
-            got.release_caches()
-    return on_detach
+            self.model.release_caches()
+        return super().detach(unpatch_all)
 
 
 class ManagedMLLM:
@@ -77,9 +80,7 @@ class ManagedMLLM:
 
     def __init__(self, got: GoTMLLM, name: str, load_device: torch.device, offload_device: torch.device) -> None:
         self.got, self.name = got, name
-        self.patcher = comfy.model_patcher.ModelPatcher(MLLMWeights(got), load_device=load_device,
-                                                        offload_device=offload_device)
-        self.patcher.add_callback(CallbacksMP.ON_DETACH, _release_caches_on_unload(got))
+        self.patcher = MLLMPatcher(MLLMWeights(got), load_device=load_device, offload_device=offload_device)
 
     def loaded(self) -> GoTMLLM:
         """The GoTMLLM with all its weights on the load device (through ComfyUI, which may evict others)."""

@@ -199,6 +199,22 @@ def test_unloading_frees_the_model_and_its_cache(mm, nodes, managed):
     assert managed.patcher in mm.loaded_models()
 
 
+def test_making_room_for_another_model_frees_the_cache(mm, nodes, managed):
+    reason(nodes, managed, max_new_tokens=3)
+    assert managed.got.cached_tokens > 0
+    managed.patcher.partially_unload(managed.patcher.offload_device, 1)  # what free_memory() does when it can
+    assert managed.got._decoder is None
+    assert reason(nodes, managed, max_new_tokens=3).args[0].reasoning.new_tokens == 3  # fully loaded again
+    assert not managed.patcher.model.model_lowvram
+
+
+def test_a_garbage_collected_patcher_leaves_the_cache_alone(inproc, nodes, managed):
+    reason(nodes, managed, max_new_tokens=3)
+    clone = managed.patcher.clone()  # ComfyUI clones patchers; a clone's __del__ detaches with unpatch_all=False
+    del clone
+    assert managed.got.cached_tokens > 0
+
+
 def comfy_image(height: int, width: int, channels: int = 3, batch: int = 1) -> torch.Tensor:
     torch.manual_seed(0)
     return torch.rand(batch, height, width, channels)
