@@ -162,14 +162,14 @@ class GoTPipeline:
         self.mllm, self.unet, self.vae = mllm, unet, vae
         if offload and device is None:
             raise PipelineError("offloading needs the device the stages run on (device='cuda')")
-        self.device = torch.device(device) if device is not None else unet.device
+        self.device = _indexed(torch.device(device) if device is not None else unet.device)
         self.offload = offload
         self.max_images = max_images
         self._offloader = Offloader(self.device) if offload else None
         self._resident: str | None = None
         if not offload:
             for model in (mllm, unet, vae):
-                if model.device != self.device:
+                if _indexed(model.device) != self.device:
                     model.to(self.device)
 
     @classmethod
@@ -327,3 +327,10 @@ class GoTPipeline:
         if stage == "reason":
             return self.mllm.model, self.mllm.output_projector, self.mllm.output_projector_add
         return self.unet, self.vae
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """"cuda" as the "cuda:N" that tensors report, so that devices compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
