@@ -48,7 +48,7 @@ def small(graph: dict, chain_start: str = CHAIN, max_new_tokens: int = 8) -> dic
     graph = copy.deepcopy(graph)
     for node in nodes_of(graph, "PrimitiveInt"):
         node["inputs"]["value"] = SIZE
-    for node in nodes_of(graph, "BasicScheduler"):
+    for node in nodes_of(graph, "GoTDDPMSchedule"):
         node["inputs"]["steps"] = 2
     for node in nodes_of(graph, "GoTReasoner"):
         node["inputs"].update(chain_start=chain_start, max_new_tokens=max_new_tokens)

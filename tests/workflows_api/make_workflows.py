@@ -75,8 +75,8 @@ def reasoner(prompt: str, task: str, image: tuple[int, int] | None = None) -> No
 
 
 def sampling(chain: tuple[int, int], scales: tuple[float, float, float], x: int = 1250) -> list[Node]:
-    """Conditioning -> GoT Guider -> SamplerCustomAdvanced (DDPM, GoT's 50 steps; ddim_uniform spaces them as
-    the reference's "leading" schedule with offset 1: timesteps 981, 961, ..., 1) -> VAE Decode."""
+    """Conditioning -> GoT Guider -> SamplerCustomAdvanced with GoT's DDPM (the reference's 50 "leading"
+    timesteps, start noise and step noise) -> VAE Decode."""
     a_t, a_s, a_r = scales
     return [
         Node(6, "GoTSSGMConditioner", (850, 40), (330, 200),
@@ -84,9 +84,8 @@ def sampling(chain: tuple[int, int], scales: tuple[float, float, float], x: int 
         Node(8, "GoTGuider", (850, 290), (330, 150), {"a_t": a_t, "a_s": a_s, "a_r": a_r},
              {"model": (7, 0), "branches": (6, 2)}),
         Node(9, "RandomNoise", (x, 40), (300, 82), {"noise_seed": 42}),
-        Node(10, "KSamplerSelect", (x, 170), (300, 60), {"sampler_name": "ddpm"}),
-        Node(11, "BasicScheduler", (x, 280), (300, 110), {"scheduler": "ddim_uniform", "steps": 50, "denoise": 1.0},
-             {"model": (7, 0)}),
+        Node(10, "GoTDDPMSampler", (x, 170), (300, 60)),
+        Node(11, "GoTDDPMSchedule", (x, 280), (300, 90), {"steps": 50}, {"model": (7, 0)}),
         Node(12, "EmptyLatentImage", (x, 440), (300, 110), {"batch_size": 1}, sized()),
         Node(13, "SamplerCustomAdvanced", (x + 340, 40), (260, 110),
              links={"noise": (9, 0), "guider": (8, 0), "sampler": (10, 0), "sigmas": (11, 0),
