@@ -177,12 +177,12 @@ def released_loop(mllm: GoTMLLM, unet: torch.nn.Module, vae: torch.nn.Module, fo
 def ours(pipeline: GoTPipeline, forced: list[int], render: RenderSettings, device: str) -> tuple[Stages, str, str]:
     """One image through GoTPipeline: reason, then render_turn (its stage events give the split)."""
     stages = Stages(device)
-    names = {"semantic": "semantic tokens", "switch": "offload switch", "latents": "VAE encodes",
-             "denoise": "denoise", "decode": "decode"}
+    names = {"reasoning": "reasoning", "semantic": "semantic tokens", "switch": "offload switch",
+             "latents": "VAE encodes", "denoise": "denoise", "decode": "decode"}
+    progress = Progress(on_stage=lambda name: stages.enter(names[name]))
     pipeline.mllm.clear_context()  # no KV reuse of the previous run's prompt: every run prefills
     settings = ReasoningSettings(max_new_tokens=len(forced), logits_processor=(ForceSequence(forced),))
-    reasoning = stages.run("reasoning", lambda: pipeline.reason(PROMPT, settings=settings))
-    progress = Progress(on_stage=lambda name: stages.enter(names[name]))
+    reasoning = pipeline.reason(PROMPT, settings=settings, progress=progress)
     pipeline.render_turn(reasoning, None, render, progress)
     stages.enter(None)
     stats = reasoning.stats

@@ -21,10 +21,13 @@ class Offloader:
         self._home: dict[int, dict[str, torch.Tensor]] = {}  # id(module) -> tensor key -> CPU copy
 
     def load(self, module: nn.Module) -> None:
-        """Put `module` on the device (no-op if it is there)."""
+        """Put `module` on the device (a shared tensor is copied once)."""
         home = self._home_of(module)
+        copies: dict[str, torch.Tensor] = {}
         for key, owner, name, _ in _tensors(module):
-            _assign(owner, name, home[key].to(self.device, non_blocking=True))
+            if key not in copies:
+                copies[key] = home[key].to(self.device, non_blocking=True)
+            _assign(owner, name, copies[key])
 
     def unload(self, module: nn.Module) -> None:
         """Put `module` back on its CPU copy; its GPU memory is freed when nothing else holds it."""

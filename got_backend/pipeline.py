@@ -89,7 +89,8 @@ class Progress:
     on_token: Callable[[TokenEvent], None] | None = None
     on_turn: Callable[[Reasoning], None] | None = None  # after each reasoning turn
     on_step: StepCallback | None = None  # (steps done, steps in all) during denoising
-    on_stage: Callable[[str], None] | None = None  # a render enters "semantic", "switch", "latents", "denoise", "decode"
+    # entering "reasoning", "semantic", "latents", "denoise", "decode"; "switch" before a stage's models move in
+    on_stage: Callable[[str], None] | None = None
 
     def stage(self, name: str) -> None:
         if self.on_stage is not None:
@@ -221,7 +222,7 @@ class GoTPipeline:
     def reason(self, prompt: str, image: ImageInput | None = None, settings: ReasoningSettings = ReasoningSettings(),
                progress: Progress = Progress(), assistant_prefix: str = "") -> Reasoning:
         """The first reasoning turn (§4, §5), with the MLLM on the device."""
-        self._stage("reason")
+        self._use("reason", progress, "reasoning")
         return self.mllm.reason(prompt, image, assistant_prefix=assistant_prefix, on_token=progress.on_token,
                                 **settings.kwargs())
 
@@ -237,7 +238,7 @@ class GoTPipeline:
         pieces = split_chain_turns(chain_text)
         if not pieces:
             raise PipelineError("the chain text is empty: give the chain to render (ending with <|im_gen_start|>)")
-        self._stage("reason")
+        self._use("reason", progress, "reasoning")
         if pieces[0].endswith(BOI):
             first = self.mllm.user_chain(prompt, pieces[0], source)
         else:
@@ -266,7 +267,7 @@ class GoTPipeline:
                 shown = result.renders[-1].image
             else:
                 break
-            self._stage("reason")
+            self._use("reason", progress, "reasoning")
             reasoning = self.mllm.continue_reasoning(reasoning, shown, assistant_prefix=pieces.pop(0) if pieces
                                                      else "", on_token=progress.on_token, **settings.kwargs())
         size = source.size if source is not None else (render.width, render.height)
@@ -281,25 +282,21 @@ class GoTPipeline:
         """Render the image a turn ending with <|im_gen_start|> asks for; `reference` is the image being
         edited (the source, or the last output in a multi-turn edit), None for text to image."""
         cond, chain = self.conditioning(reasoning, reference, render.width, render.height, progress)
-        progress.stage("denoise")
+        self._use("unet", progress, "denoise")
         generator = torch.Generator(self.device).manual_seed(render.seed)
         latents = denoise(self.unet, cond, render.scales_for(reasoning.task), width=render.width,  # §9
                           height=render.height, steps=render.steps, generator=generator,
                           latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight,
                           on_step=progress.on_step)
-        progress.stage("decode")
+        self._use("vae", progress, "decode")
         return Render(reasoning, chain, latents, to_pil(decode(self.vae, latents)))
 
     def conditioning(self, reasoning: Reasoning, reference: Image.Image | None, width: int, height: int,
                      progress: Progress = Progress()) -> tuple[Conditioning, GoTChain]:
         """What the UNet is conditioned on for this turn, and the turn's boxes."""
-        progress.stage("semantic")
-        self._stage("reason")
+        self._use("reason", progress, "semantic")
         semantic = self.mllm.semantic_guidance(reasoning)                                          # §6
-        if self.offload:
-            progress.stage("switch")
-        self._stage("render")
-        progress.stage("latents")
+        self._use("vae", progress, "latents")
         chain = parse_chain(reasoning.text)                                          # §5, this turn only (§10)
         encode = vae_mode_encoder(self.vae)
         pixels = pil_to_tensor(reference) if reference is not None else None
@@ -310,23 +307,33 @@ class GoTPipeline:
 
     # Where the models live
 
+    def _use(self, stage: str, progress: Progress, event: str) -> None:
+        """Announce `event` after putting the stage's models on the device (a move is announced as "switch")."""
+        if self._offloader is not None and self._resident != stage:
+            progress.stage("switch")
+            self._stage(stage)
+        progress.stage(event)
+
     def _stage(self, stage: str) -> None:
-        """With offload, only the stage's models are on the device: the MLLM to "reason", the UNet and the
-        VAE to "render". The MLLM's KV cache (GPU memory) is dropped when it leaves."""
+        """With offload, only the stage's models are on the device: the MLLM to "reason", the VAE to encode
+        and decode ("vae"), the UNet to "unet". So the peak is one stage's, not the sum. The MLLM's KV cache
+        (GPU memory) is dropped when it leaves."""
         if self._offloader is None or self._resident == stage:
             return
         if self._resident == "reason":
             self.mllm.release_caches()
-        for module in self._parts("render" if stage == "reason" else "reason"):
-            self._offloader.unload(module)
-        for module in self._parts(stage):
+        wanted = self._parts(stage)
+        leaving = self._parts(self._resident) if self._resident else self._parts("reason") + self._parts("render")
+        for module in leaving:
+            if module not in wanted:
+                self._offloader.unload(module)
+        for module in wanted:
             self._offloader.load(module)
         self._resident = stage
 
     def _parts(self, stage: str) -> tuple[torch.nn.Module, ...]:
-        if stage == "reason":
-            return self.mllm.model, self.mllm.output_projector, self.mllm.output_projector_add
-        return self.unet, self.vae
+        return {"reason": (self.mllm.model, self.mllm.output_projector, self.mllm.output_projector_add),
+                "vae": (self.vae,), "unet": (self.unet,), "render": (self.unet, self.vae)}[stage]
 
 
 def _indexed(device: torch.device) -> torch.device:
