@@ -40,11 +40,15 @@ def sdxl_ddpm_scheduler() -> DDPMScheduler:
 
 def ddpm_timesteps(steps: int = DEFAULT_STEPS) -> list[int]:
     """The timesteps the reference visits, e.g. 981, 961, ..., 1 for 50 steps ("leading" spacing, offset 1)."""
-    if not 1 <= steps <= SDXL_SCHEDULER_CONFIG["num_train_timesteps"]:
-        raise DenoiseError(f"steps must be between 1 and 1000, got {steps}")
     scheduler = sdxl_ddpm_scheduler()
-    scheduler.set_timesteps(steps)
+    scheduler.set_timesteps(check_steps(steps))
     return [int(t) for t in scheduler.timesteps]
+
+
+def check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
+        raise DenoiseError(f"DDPM steps must be a whole number from 1 to 1000 (GoT uses 50), got {steps!r}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,7 @@ def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScal
     cond.check(width, height)
     device, unet_dtype = unet.device, unet.dtype
     scheduler = sdxl_ddpm_scheduler()
-    scheduler.set_timesteps(steps, device=device)
+    scheduler.set_timesteps(check_steps(steps), device=device)
     latents = initial_latents(width, height, generator, latent_dtype, device, scheduler)
 
     branches = needed_branches(*scales) if skip_zero_weight else BRANCHES

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from .chain import GoTChain, parse_chain
-from .denoise import DEFAULT_SEED, DEFAULT_STEPS, Conditioning, StepCallback, decode, denoise
+from .denoise import DEFAULT_SEED, DEFAULT_STEPS, Conditioning, StepCallback, check_steps, decode, denoise
 from .guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
 from .latents import check_output_size, reference_latent, spatial_latent, vae_mode_encoder
 from .mllm import GoTMLLM
@@ -60,6 +60,10 @@ class RenderSettings:
     seed: int = DEFAULT_SEED
     scales: GuidanceScales | None = None
     skip_zero_weight: bool = True  # False: all four branches in one batch-4 UNet call, as the reference
+
+    def __post_init__(self) -> None:
+        check_output_size(self.width, self.height)
+        check_steps(self.steps)
 
     def scales_for(self, task: Task) -> GuidanceScales:
         return self.scales or (EDIT_SCALES if task == "edit" else T2I_SCALES)
@@ -216,7 +220,6 @@ class GoTPipeline:
                  progress: Progress = Progress()) -> GoTResult:
         """Text to image (no `image`) or an edit of `image`: the MLLM reasons, images are rendered."""
         source = as_rgb_image(image, "source image") if image is not None else None
-        check_output_size(render.width, render.height)
         return self._run(self.reason(prompt, source, reasoning, progress), [], source, render, reasoning, progress)
 
     def reason(self, prompt: str, image: ImageInput | None = None, settings: ReasoningSettings = ReasoningSettings(),
@@ -234,7 +237,6 @@ class GoTPipeline:
         the layout comes from its boxes. A multi-turn chain (as GoTResult.text writes it) is replayed turn by
         turn; where the text ends without a stop token, the MLLM goes on writing from it."""
         source = as_rgb_image(image, "source image") if image is not None else None
-        check_output_size(render.width, render.height)
         pieces = split_chain_turns(chain_text)
         if not pieces:
             raise PipelineError("the chain text is empty: give the chain to render (ending with <|im_gen_start|>)")

@@ -80,6 +80,9 @@ def test_bad_inputs_are_reported_not_raised(tmp_path: Path, tiny_models_dir: Pat
     assert "cannot read the chain file" in capsys.readouterr().err
     assert generate("--prompt", " ", "--models", tiny_models_dir, "--out", tmp_path / "o.png", *SMALL) == 2
     assert "prompt is empty" in capsys.readouterr().err
+    assert generate("--prompt", "x", "--models", tiny_models_dir, "--out", tmp_path / "o.png", *SMALL,
+                    "--steps", "0") == 2
+    assert "from 1 to 1000" in capsys.readouterr().err
 
 
 def test_smoke_runs_the_whole_path_on_fresh_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

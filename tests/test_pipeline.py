@@ -107,8 +107,9 @@ def test_scheduler_is_sdxl_ddpm_with_leading_spacing() -> None:
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
     assert torch.allclose(scheduler.betas, betas) and scheduler.init_noise_sigma == 1.0
     assert scheduler.config.prediction_type == "epsilon" and not scheduler.config.clip_sample
-    with pytest.raises(DenoiseError, match="between 1 and 1000"):
-        ddpm_timesteps(0)
+    for bad in (0, 1001, 2.5):
+        with pytest.raises(DenoiseError, match="from 1 to 1000"):
+            ddpm_timesteps(bad)
 
 
 def test_four_branch_loop_is_the_released_loop(pipeline: GoTPipeline, source: Image.Image) -> None:
@@ -239,7 +240,9 @@ def test_chain_errors_are_clear(pipeline: GoTPipeline) -> None:
     with pytest.raises(PipelineError, match="empty"):
         pipeline.render_chain(PROMPT, "", render=SMALL)
     with pytest.raises(ValueError, match="multiple of 8"):
-        pipeline.render_chain(PROMPT, CHAIN, render=RenderSettings(width=60, height=64, steps=2))
+        RenderSettings(width=60, height=64, steps=2)
+    with pytest.raises(DenoiseError, match="from 1 to 1000"):
+        RenderSettings(steps=0)
 
 
 def test_max_images_bounds_a_run(tiny_models_dir: Path, pipeline: GoTPipeline) -> None:
