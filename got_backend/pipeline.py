@@ -11,6 +11,10 @@ image is rendered from the turn's semantic tokens §6, boxes §7 and reference i
 reasoning goes on after the 64 image queries), on <|vision_start|> (the last image is shown to it, §10) or on
 <|endoftext|> (done). This is also the oracle the ComfyUI graph is checked against (tests/comfyui/test_parity.py).
 
+Randomness, as the reference: one torch.Generator on the execution device, seeded with RenderSettings.seed,
+draws the start noise (in the VAE's dtype) and then the noise of every DDPM step. ComfyUI's GoT DDPM Sampler
+follows the same stream drawn on the CPU, so the two agree exactly on a CPU; on a GPU they draw other numbers.
+
 Where this differs from the released loop, the numbers do not: zero-weight guidance branches are skipped
 (test_pipeline.py proves the latents equal), the MLLM's KV cache is reused for the semantic tokens and the
 boxes are VAE-encoded in one batch (both proven equal in their own modules' tests). Two guards the reference
