@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checkpoint import GoTWeights
 from .decoding import (Decoder, PlainDecoder, TokenSequence, VisionInput, forward_sequence, model_device,
                        weights_signature)
 from .fast_decode import StaticDecoder, UnsupportedModelError
@@ -92,9 +93,11 @@ class GoTMLLM:
 
     @classmethod
     def from_release(cls, got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str = torch.bfloat16,
-                     device: torch.device | str = "cpu", decoding: Decoding = "fast") -> GoTMLLM:
-        """The released GoT-6B folder and the Qwen2.5-VL-3B-Instruct folder, without converting them."""
-        return cls.from_parts(read_release(got_dir, qwen_dir, dtype), device, decoding)
+                     device: torch.device | str = "cpu", decoding: Decoding = "fast",
+                     weights: GoTWeights | None = None) -> GoTMLLM:
+        """The released GoT-6B folder and the Qwen2.5-VL-3B-Instruct folder, without converting them
+        (`weights`: the checkpoint as `read_got_checkpoint` already gave it)."""
+        return cls.from_parts(read_release(got_dir, qwen_dir, dtype, weights), device, decoding)
 
     # Devices
 

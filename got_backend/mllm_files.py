@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+from .checkpoint import GoTWeights, read_got_checkpoint
+from .qwen_names import load_qwen_config
 from .semantic import projectors_from_state
 from .tokens import add_got_tokens, resolve_got_tokens
 
@@ -58,12 +60,11 @@ def read_converted(folder: str | Path, dtype: torch.dtype | str) -> MLLMParts:
     return MLLMParts(model, processor, *projectors, _repetition_penalty(folder))
 
 
-def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str) -> MLLMParts:
+def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str,
+                 weights: GoTWeights | None = None) -> MLLMParts:
     """The released GoT-6B folder (pickle shards, read with weights_only) and the user's Qwen2.5-VL-3B-Instruct
-    folder (config, tokenizer, processor); GoT's tokens are added to the tokenizer."""
-    from .checkpoint import read_got_checkpoint
-    from .qwen_names import load_qwen_config
-
+    folder (config, tokenizer, processor); GoT's tokens are added to the tokenizer. Pass `weights` when the
+    checkpoint was already read (for the UNet and VAE too), so 28 GB are not read twice."""
     qwen_dir = Path(qwen_dir)
     _require_files(qwen_dir, ("config.json", "preprocessor_config.json", "tokenizer_config.json"),
                    "Qwen2.5-VL-3B-Instruct")
@@ -71,7 +72,8 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
     processor = AutoProcessor.from_pretrained(qwen_dir)
     add_got_tokens(processor.tokenizer)
     resolve_got_tokens(processor.tokenizer)
-    weights = read_got_checkpoint(got_dir, qwen_dir)
+    if weights is None:
+        weights = read_got_checkpoint(got_dir, qwen_dir)
     config = load_qwen_config(qwen_dir, tie_word_embeddings=weights.tie_word_embeddings)
     model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         None, config=config, state_dict=weights.mllm, output_loading_info=True, attn_implementation="sdpa",
