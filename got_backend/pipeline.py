@@ -195,8 +195,8 @@ class GoTPipeline:
         if files.released:
             from .checkpoint import read_got_checkpoint
 
-            mllm = GoTMLLM.from_release(files.mllm, files.qwen_base, mllm_dtype, home, decoding)
             weights = read_got_checkpoint(files.mllm, files.qwen_base)
+            mllm = GoTMLLM.from_release(files.mllm, files.qwen_base, mllm_dtype, home, decoding, weights)
             unet = unet_from_state(weights.unet, weights.unet_config, unet_dtype, home, str(files.mllm))
             if files.vae is not None:
                 vae = load_vae(files.vae, vae_dtype, home)
