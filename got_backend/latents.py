@@ -101,6 +101,16 @@ def check_output_size(width: int, height: int) -> None:
                                    f"downsamples by {LATENT_FACTOR}), got {value!r}")
 
 
+def source_aspect_size(source: tuple[int, int], short_side: int) -> tuple[int, int]:
+    """GOT_SPEC §9: an edit's final size, the source's (width, height) aspect ratio with the short side
+    `short_side`, the long side truncated with int() as the reference does (it renders square, so its render size
+    is the short side)."""
+    source_w, source_h = source
+    if source_w < source_h:
+        return short_side, int(short_side * source_h / source_w)
+    return int(short_side * source_w / source_h), short_side
+
+
 def vae_mode_encoder(vae: torch.nn.Module) -> Encode:
     """Encode with a diffusers AutoencoderKL: the latent distribution's mode, unscaled, in the VAE's dtype."""
     def encode(pixels: torch.Tensor) -> torch.Tensor:

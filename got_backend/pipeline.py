@@ -36,7 +36,7 @@ from PIL import Image
 from .chain import GoTChain, parse_chain
 from .denoise import DEFAULT_SEED, DEFAULT_STEPS, Conditioning, StepCallback, check_steps, decode, denoise
 from .guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
-from .latents import check_output_size, reference_latent, spatial_latent, vae_mode_encoder
+from .latents import check_output_size, reference_latent, source_aspect_size, spatial_latent, vae_mode_encoder
 from .mllm import GoTMLLM
 from .models_dir import GoTFiles, load_unet, load_vae, locate, unet_from_state, vae_from_state
 from .offload import Offloader
@@ -154,14 +154,6 @@ def pil_to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
 
 
-def source_aspect_size(source: tuple[int, int], width: int, height: int) -> tuple[int, int]:
-    """The reference's final size (§9): the render size's short side kept, the source's aspect restored."""
-    source_w, source_h = source
-    if source_w < source_h:
-        return width, int(height * source_h / source_w)
-    return int(width * source_w / source_h), height
-
-
 class GoTPipeline:
     """GoT's MLLM, 12-channel UNet and VAE on one device (or, with `offload`, each on it only for its stage)."""
 
@@ -277,7 +269,7 @@ class GoTPipeline:
             reasoning = self.mllm.continue_reasoning(reasoning, shown, assistant_prefix=pieces.pop(0) if pieces
                                                      else "", on_token=progress.on_token, **settings.kwargs())
         size = source.size if source is not None else (render.width, render.height)
-        final = source_aspect_size(size, render.width, render.height)
+        final = source_aspect_size(size, min(render.width, render.height))
         result.images = [r.image.resize(final, Image.Resampling.BICUBIC) for r in result.renders]
         return result
 

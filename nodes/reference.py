@@ -11,14 +11,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..got_backend.latents import reference_latent
+from ..got_backend.latents import reference_latent, source_aspect_size
 from .comfy_bridge import size_input, vae_encode_fn
-
-
-def edit_output_size(source_width: int, source_height: int, short_side: int) -> tuple[int, int]:
-    """GOT_SPEC §9: an edit's final image keeps the source's aspect ratio, with its short side `short_side`."""
-    scale = short_side / min(source_width, source_height)
-    return round(source_width * scale), round(source_height * scale)
 
 
 class GoTReferenceEncoder(io.ComfyNode):
@@ -43,7 +37,8 @@ class GoTReferenceEncoder(io.ComfyNode):
                 io.Latent.Output("reference", tooltip="GoT's reference latent [1, 4, height/8, width/8] (unscaled, "
                                                       "like every ComfyUI LATENT); connect it to the SSGM Conditioner."),
                 io.Int.Output("final_width", tooltip="Width to resize the decoded image to: for an edit the source "
-                                                     "aspect ratio with the short side min(width, height) (GoT: 1024); "
+                                                     "aspect ratio with the short side min(width, height) (GoT: 1024), "
+                                                     "the long side truncated as GoT does; "
                                                      "for text-to-image simply width."),
                 io.Int.Output("final_height", tooltip="Height to resize the decoded image to (see final_width)."),
             ],
@@ -53,7 +48,8 @@ class GoTReferenceEncoder(io.ComfyNode):
     def execute(cls, vae, width: int, height: int, image: torch.Tensor | None = None) -> io.NodeOutput:
         pixels = None if image is None else image.movedim(-1, 1)  # ComfyUI IMAGE [B,H,W,C] -> [B,C,H,W]
         latent = reference_latent(pixels, vae_encode_fn(vae), width, height)
-        final = (width, height) if image is None else edit_output_size(image.shape[2], image.shape[1], min(width, height))
+        final = (width, height) if image is None else source_aspect_size((image.shape[2], image.shape[1]),
+                                                                         min(width, height))
         return io.NodeOutput({"samples": latent}, *final)
 
 

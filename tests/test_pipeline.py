@@ -17,10 +17,11 @@ from transformers import NoRepeatNGramLogitsProcessor
 
 from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
 from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
+from got_backend.latents import source_aspect_size
 from got_backend.layout import layout_preview
 from got_backend.models_dir import GoTFiles, ModelFilesError, load_vae, locate
 from got_backend.pipeline import (GoTPipeline, PipelineError, Progress, ReasoningSettings, RenderSettings,
-                                  source_aspect_size, split_chain_turns)
+                                  split_chain_turns)
 from got_backend.prompts import condition_image
 
 REF, REF_END, BOX, BOX_END = "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"
@@ -260,10 +261,21 @@ def test_split_chain_turns_joins_back(text: str) -> None:
 
 
 def test_output_keeps_the_source_aspect_with_the_render_size_as_short_side() -> None:
-    assert source_aspect_size((1024, 1024), 1024, 1024) == (1024, 1024)
-    assert source_aspect_size((600, 800), 1024, 1024) == (1024, 1365)
-    assert source_aspect_size((800, 600), 1024, 1024) == (1365, 1024)
-    assert source_aspect_size((96, 64), 64, 64) == (96, 64)
+    assert source_aspect_size((1024, 1024), 1024) == (1024, 1024)
+    assert source_aspect_size((600, 800), 1024) == (1024, 1365)
+    assert source_aspect_size((800, 600), 1024) == (1365, 1024)
+    assert source_aspect_size((96, 64), 64) == (96, 64)
+    # the reference truncates: 1024 * 1000 / 600 = 1706.67 gives 1706, not round()'s 1707
+    assert source_aspect_size((600, 1000), 1024) == (1024, 1706)
+    assert source_aspect_size((1000, 600), 1024) == (1706, 1024)
+
+
+def test_an_edit_at_a_non_square_render_size_keeps_the_source_aspect(pipeline: GoTPipeline,
+                                                                   source: Image.Image) -> None:
+    """The render size's short side is the output's short side (the reference renders square)."""
+    edit = pipeline.render_chain("put the apple on the plate", CHAIN, source, render=RenderSettings(64, 96, 1),
+                                 reasoning=ReasoningSettings(max_new_tokens=1))
+    assert edit.renders[0].image.size == (64, 96) and edit.image.size == (96, 64)  # the 96x64 source's aspect
 
 
 def test_models_folder_errors_say_which_files_go_where(tmp_path: Path, tiny_models_dir: Path) -> None:
