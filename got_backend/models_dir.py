@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -27,6 +28,8 @@ RELEASE_INDEX = "pytorch_model.bin.index.json"
 CONVERTED_MARKER = "got_projectors.safetensors"
 SDXL_VAE_NAMES = ("sdxl_vae.safetensors", "sdxl-vae-fp16-fix.safetensors")
 LDM_VAE_MARKER = "encoder.down.0.block.0.conv1.weight"
+
+DiffusersModel = TypeVar("DiffusersModel", UNet2DConditionModel, AutoencoderKL)
 
 
 class ModelFilesError(ValueError):
@@ -111,21 +114,24 @@ def _tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict | Non
     return tensors, config
 
 
+def model_from_state(model_class: type[DiffusersModel], state: dict[str, torch.Tensor], config: dict,
+                     dtype: torch.dtype, device: torch.device | str, source: str) -> DiffusersModel:
+    """A diffusers `model_class` of `config` holding `state` exactly (strict), in `dtype` on `device`, for
+    inference; `source` names where the state came from in errors."""
+    with torch.device("meta"):
+        model = model_class(**config)
+    _load_strict(model, state, source, dtype)
+    return model.to(device).eval().requires_grad_(False)
+
+
 def unet_from_state(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype,
                     device: torch.device | str, source: str = "the UNet") -> UNet2DConditionModel:
-    """A diffusers UNet holding `state` exactly (strict), in `dtype` on `device`."""
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-    _load_strict(unet, state, source, dtype)
-    return unet.to(device).eval().requires_grad_(False)
+    return model_from_state(UNet2DConditionModel, state, config, dtype, device, source)
 
 
 def vae_from_state(state: dict[str, torch.Tensor], config: dict, dtype: torch.dtype,
                    device: torch.device | str, source: str = "the VAE") -> AutoencoderKL:
-    with torch.device("meta"):
-        vae = AutoencoderKL(**config)
-    _load_strict(vae, state, source, dtype)
-    return vae.to(device).eval().requires_grad_(False)
+    return model_from_state(AutoencoderKL, state, config, dtype, device, source)
 
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> None:

@@ -26,6 +26,12 @@ def tiny_models_dir(tiny_release: TinyRelease, tmp_path_factory: pytest.TempPath
     return models
 
 
+@pytest.fixture(scope="session")
+def tiny_mllm_folder(tiny_models_dir: Path) -> Path:
+    """The converted tiny GoT MLLM's folder (`LLM/GoT-6B/` of `tiny_models_dir`)."""
+    return tiny_models_dir / "LLM" / "GoT-6B"
+
+
 def comfyui_dir() -> Path | None:
     """The ComfyUI checkout integration tests run against (COMFYUI_DIR), or None."""
     value = os.environ.get("COMFYUI_DIR")

@@ -18,13 +18,8 @@ PROMPT = "two cats on a sofa"
 
 
 @pytest.fixture(scope="module")
-def got_folder(tiny_models_dir: Path) -> Path:
-    return tiny_models_dir / "LLM" / "GoT-6B"
-
-
-@pytest.fixture(scope="module")
-def converted(got_folder: Path) -> GoTMLLM:
-    return GoTMLLM.from_converted(got_folder, "fp32")
+def converted(tiny_mllm_folder: Path) -> GoTMLLM:
+    return GoTMLLM.from_converted(tiny_mllm_folder, "fp32")
 
 
 def linked_copy(folder: Path, target: Path, replace: dict[str, str | None]) -> Path:
@@ -63,8 +58,8 @@ def test_release_and_converted_folder_give_the_same_reasoner(converted: GoTMLLM,
 
 
 @pytest.mark.parametrize("dtype", ["bf16", torch.float16])
-def test_dtype_choice(got_folder: Path, dtype) -> None:
-    mllm = GoTMLLM.from_converted(got_folder, dtype)
+def test_dtype_choice(tiny_mllm_folder: Path, dtype) -> None:
+    mllm = GoTMLLM.from_converted(tiny_mllm_folder, dtype)
     assert mllm.dtype == resolve_dtype(dtype) and mllm.model.lm_head.weight.dtype == resolve_dtype(dtype)
     chain = mllm.reason(PROMPT, assistant_prefix="A cat<|im_gen_start|>")
     guidance = mllm.semantic_guidance(chain)
@@ -77,10 +72,10 @@ def test_unknown_dtype_is_refused() -> None:
         resolve_dtype("int8")
 
 
-def test_repetition_penalty_default_comes_from_the_generation_config(got_folder: Path, converted: GoTMLLM,
+def test_repetition_penalty_default_comes_from_the_generation_config(tiny_mllm_folder: Path, converted: GoTMLLM,
                                                                      tmp_path: Path) -> None:
     config = {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "repetition_penalty": 1.5}
-    folder = linked_copy(got_folder, tmp_path / "GoT-6B", {"generation_config.json": json.dumps(config)})
+    folder = linked_copy(tiny_mllm_folder, tmp_path / "GoT-6B", {"generation_config.json": json.dumps(config)})
     mllm = GoTMLLM.from_converted(folder, "fp32")
     assert mllm.repetition_penalty == 1.5
     default = mllm.reason(PROMPT, max_new_tokens=10)
@@ -88,11 +83,12 @@ def test_repetition_penalty_default_comes_from_the_generation_config(got_folder:
     assert default.token_ids != converted.reason(PROMPT, max_new_tokens=10).token_ids
 
 
-def test_tokenizer_without_gots_tokens_is_refused(got_folder: Path, tiny_release: TinyRelease, tmp_path: Path) -> None:
+def test_tokenizer_without_gots_tokens_is_refused(tiny_mllm_folder: Path, tiny_release: TinyRelease,
+                                                  tmp_path: Path) -> None:
     base = tiny_release.qwen_base
     names = ["tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "added_tokens.json",
              "special_tokens_map.json"]
-    folder = linked_copy(got_folder, tmp_path / "GoT-6B", {name: None for name in names})
+    folder = linked_copy(tiny_mllm_folder, tmp_path / "GoT-6B", {name: None for name in names})
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         (folder / name).symlink_to(base / name)
     with pytest.raises(GotTokenizerError, match="<\\|im_gen_start\\|>: expected id 151665"):
@@ -109,10 +105,10 @@ def test_tokenizer_with_gots_tokens_in_the_wrong_order_is_refused(converted: GoT
         GoTMLLM(converted.model, processor, converted.output_projector, converted.output_projector_add)
 
 
-def test_missing_files_are_named(got_folder: Path, tmp_path: Path) -> None:
+def test_missing_files_are_named(tiny_mllm_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(MLLMLoadError, match="does not exist"):
         GoTMLLM.from_converted(tmp_path / "nowhere")
-    folder = linked_copy(got_folder, tmp_path / "GoT-6B", {"got_projectors.safetensors": None})
+    folder = linked_copy(tiny_mllm_folder, tmp_path / "GoT-6B", {"got_projectors.safetensors": None})
     with pytest.raises(MLLMLoadError, match="lacks got_projectors.safetensors"):
         GoTMLLM.from_converted(folder)
     with pytest.raises(MLLMLoadError, match="lacks config.json"):
@@ -124,8 +120,8 @@ def test_projectors_must_fit_the_mllm(converted: GoTMLLM) -> None:
         GoTMLLM(converted.model, converted.processor, nn.Linear(128, 64), converted.output_projector_add)
 
 
-def test_moving_drops_the_cache_and_moved_weights_rebuild_it(got_folder: Path) -> None:
-    mllm = GoTMLLM.from_converted(got_folder, "fp32")
+def test_moving_drops_the_cache_and_moved_weights_rebuild_it(tiny_mllm_folder: Path) -> None:
+    mllm = GoTMLLM.from_converted(tiny_mllm_folder, "fp32")
     first = mllm.reason(PROMPT, max_new_tokens=5)
     again = mllm.reason(PROMPT, max_new_tokens=5)
     assert again.stats.reused_tokens == first.prompt_length - 1 and again.token_ids == first.token_ids

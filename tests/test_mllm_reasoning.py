@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import NoRepeatNGramLogitsProcessor
 
 from got_backend.mllm import GoTMLLM
 from got_backend.positions import mrope_positions
@@ -18,39 +17,14 @@ from got_backend.prompts import ImageInputError, MissingImageError, PromptError,
 from got_backend.reasoning import ChainNotReadyError, ConversationError, ReasoningCancelled, TokenEvent
 from got_backend.sampling import SamplingError
 from got_backend.tokens import BOI, ENDOFTEXT, IM_END, VISION_START
+from tests.steering import steer
 
 PROMPT = "a red ball left of a blue cube"
 
 
-class ForceToken:
-    """A transformers-style logits processor that makes `token` the `index`-th new token of a turn."""
-
-    def __init__(self, index: int, token: int) -> None:
-        self.index, self.token, self.start = index, token, None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.start = input_ids.shape[1] if self.start is None else self.start
-        if input_ids.shape[1] - self.start + 1 != self.index:
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.token] = 0.0
-        return forced
-
-
-def steer(index: int | None = None, token: int | None = None) -> list:
-    """No repeated tokens (varied greedy chains), and `token` forced at `index` if given."""
-    processors = [NoRepeatNGramLogitsProcessor(1)]
-    return processors + ([ForceToken(index, token)] if index is not None else [])
-
-
-@pytest.fixture(scope="module")
-def got_folder(tiny_models_dir: Path) -> Path:
-    return tiny_models_dir / "LLM" / "GoT-6B"
-
-
 @pytest.fixture(scope="module", params=["fast", "plain"])
-def mllm(request: pytest.FixtureRequest, got_folder: Path) -> GoTMLLM:
-    return GoTMLLM.from_converted(got_folder, "fp32", decoding=request.param)
+def mllm(request: pytest.FixtureRequest, tiny_mllm_folder: Path) -> GoTMLLM:
+    return GoTMLLM.from_converted(tiny_mllm_folder, "fp32", decoding=request.param)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import NoRepeatNGramLogitsProcessor
 
 from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
 from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
@@ -23,6 +22,7 @@ from got_backend.models_dir import GoTFiles, ModelFilesError, load_vae, locate
 from got_backend.pipeline import (GoTPipeline, PipelineError, Progress, ReasoningSettings, RenderSettings,
                                   split_chain_turns)
 from got_backend.prompts import condition_image
+from tests.steering import steer
 
 REF, REF_END, BOX, BOX_END = "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"
 CHAIN = (f"A {REF}red apple{REF_END}{BOX}(100,120),(500,600){BOX_END} (red) on a "
@@ -33,21 +33,6 @@ TURN_2 = f"<|vision_end|> Step 2: make the {REF}apple{REF_END}{BOX}(600,100),(90
 MULTI_TURN = CHAIN + "<|im_gen_end|> Let me look at it.<|vision_start|>" + TURN_2 + "<|im_gen_end|><|endoftext|>"
 PROMPT = "a red apple on a blue plate"
 SMALL = RenderSettings(width=64, height=64, steps=3)
-
-
-class ForceToken:
-    """Makes `token` the `index`-th new token of a turn (a transformers-style logits processor)."""
-
-    def __init__(self, index: int, token: int) -> None:
-        self.index, self.token, self.start = index, token, None
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        self.start = input_ids.shape[1] if self.start is None else self.start
-        if input_ids.shape[1] - self.start + 1 != self.index:
-            return scores
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, self.token] = 0.0
-        return forced
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +135,7 @@ def test_same_seed_same_image_other_seed_other_image(pipeline: GoTPipeline) -> N
 
 def test_generate_reasons_renders_at_im_gen_start_and_goes_on(pipeline: GoTPipeline) -> None:
     tokens = pipeline.mllm.tokens
-    boi_at_6 = ReasoningSettings(max_new_tokens=12, logits_processor=(NoRepeatNGramLogitsProcessor(1),
-                                                                      ForceToken(6, tokens.boi)))
+    boi_at_6 = ReasoningSettings(max_new_tokens=12, logits_processor=tuple(steer(6, tokens.boi)))
     result = pipeline.generate(PROMPT, render=SMALL, reasoning=boi_at_6)
     first, after = result.turns[0], result.turns[1]
     assert first.stop == "boi" and first.new_tokens == 6 and len(result.renders) == 1

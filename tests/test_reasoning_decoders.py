@@ -9,29 +9,24 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from transformers import NoRepeatNGramLogitsProcessor
 
 from got_backend.decoding import PlainDecoder, TokenSequence
 from got_backend.fast_decode import MIN_CAPACITY, StaticDecoder, UnsupportedModelError
 from got_backend.mllm import GoTMLLM
 from got_backend.positions import PositionError, mrope_positions
 from got_backend.prompts import chat_messages, condition_image, instruction
+from tests.steering import steer
 
 PROMPT = "a red ball left of a blue cube"
 
 
 @pytest.fixture(scope="module")
-def got_folder(tiny_models_dir: Path) -> Path:
-    return tiny_models_dir / "LLM" / "GoT-6B"
+def plain(tiny_mllm_folder: Path) -> GoTMLLM:
+    return GoTMLLM.from_converted(tiny_mllm_folder, "fp32", decoding="plain")
 
 
 @pytest.fixture(scope="module")
-def plain(got_folder: Path) -> GoTMLLM:
-    return GoTMLLM.from_converted(got_folder, "fp32", decoding="plain")
-
-
-@pytest.fixture(scope="module")
-def fast(got_folder: Path, plain: GoTMLLM) -> GoTMLLM:
+def fast(tiny_mllm_folder: Path, plain: GoTMLLM) -> GoTMLLM:
     """The same model object, decoded by the fast path."""
     return GoTMLLM(plain.model, plain.processor, plain.output_projector, plain.output_projector_add, decoding="fast")
 
@@ -44,11 +39,6 @@ def source_image() -> Image.Image:
     return Image.fromarray((pixels * 255).round().to(torch.uint8).numpy(), "RGB")
 
 
-def no_repeat() -> list:
-    """transformers' own processor: every new token differs from all earlier ones, so greedy chains vary."""
-    return [NoRepeatNGramLogitsProcessor(1)]
-
-
 def hf_rope_index(model, ids: torch.Tensor, grids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' get_rope_index, called the way the installed version wants it."""
     get_rope_index = model.model.get_rope_index
@@ -59,7 +49,7 @@ def hf_rope_index(model, ids: torch.Tensor, grids: torch.Tensor, pad_id: int) ->
 
 
 def test_mrope_positions_match_transformers(plain: GoTMLLM, source_image: Image.Image) -> None:
-    sequence = plain.reason(PROMPT, source_image, max_new_tokens=3, logits_processor=no_repeat()).sequence
+    sequence = plain.reason(PROMPT, source_image, max_new_tokens=3, logits_processor=steer()).sequence
     grids = [image.grid_thw for image in sequence.images]
     mine, delta = mrope_positions(sequence.ids, grids, plain.tokens.image_pad, 2)
     theirs, their_delta = hf_rope_index(plain.model, torch.tensor([sequence.ids]), torch.tensor(grids),
@@ -80,7 +70,7 @@ def test_mrope_positions_reject_pads_without_images() -> None:
 def test_plain_decoder_matches_transformers_generate(plain: GoTMLLM, source_image: Image.Image, edit: bool,
                                                      penalty: float) -> None:
     image = source_image if edit else None
-    ours = plain.reason(PROMPT, image, max_new_tokens=24, repetition_penalty=penalty, logits_processor=no_repeat())
+    ours = plain.reason(PROMPT, image, max_new_tokens=24, repetition_penalty=penalty, logits_processor=steer())
     chat = plain.processor.apply_chat_template(chat_messages(instruction(PROMPT, "edit" if edit else "t2i"), edit),
                                                tokenize=False, add_generation_prompt=True)
     inputs = plain.processor(text=[chat], images=[condition_image(image)] if edit else None, return_tensors="pt")
@@ -97,8 +87,8 @@ def test_plain_decoder_matches_transformers_generate(plain: GoTMLLM, source_imag
 def test_fast_path_gives_the_plain_path_greedy_tokens(plain: GoTMLLM, fast: GoTMLLM, source_image: Image.Image,
                                                       edit: bool) -> None:
     image = source_image if edit else None
-    slow = plain.reason(PROMPT, image, max_new_tokens=40, logits_processor=no_repeat())
-    quick = fast.reason(PROMPT, image, max_new_tokens=40, logits_processor=no_repeat())
+    slow = plain.reason(PROMPT, image, max_new_tokens=40, logits_processor=steer())
+    quick = fast.reason(PROMPT, image, max_new_tokens=40, logits_processor=steer())
     assert quick.stats.decoder == "static" and slow.stats.decoder == "plain"
     assert quick.token_ids == slow.token_ids and quick.text == slow.text
 
@@ -114,7 +104,7 @@ def test_fast_path_gives_the_plain_path_sampled_tokens(plain: GoTMLLM, fast: GoT
 def test_static_step_logits_equal_transformers_forward(plain: GoTMLLM, source_image: Image.Image) -> None:
     """Teacher-forced through the same tokens, every step's logits agree (fp32) after an image prompt,
     whose M-RoPE delta is negative, while the buffers start too small and grow."""
-    chain = plain.reason(PROMPT, source_image, max_new_tokens=20, logits_processor=no_repeat())
+    chain = plain.reason(PROMPT, source_image, max_new_tokens=20, logits_processor=steer())
     prompt = TokenSequence(chain.sequence.ids[:chain.turn_start], chain.sequence.images)
     assert len(prompt.ids) > MIN_CAPACITY
     with torch.no_grad():
@@ -128,7 +118,7 @@ def test_static_step_logits_equal_transformers_forward(plain: GoTMLLM, source_im
 
 
 def test_feed_reuses_the_cached_prefix_only_for_the_same_image(plain: GoTMLLM, source_image: Image.Image) -> None:
-    chain = plain.reason(PROMPT, source_image, max_new_tokens=8, logits_processor=no_repeat())
+    chain = plain.reason(PROMPT, source_image, max_new_tokens=8, logits_processor=steer())
     same_pixels = plain.reason(PROMPT, source_image, max_new_tokens=1).sequence.images[0]  # equal, not identical
     with torch.no_grad():
         decoder, fresh = StaticDecoder(plain.model), PlainDecoder(plain.model)
@@ -144,8 +134,8 @@ def test_feed_reuses_the_cached_prefix_only_for_the_same_image(plain: GoTMLLM, s
         assert decoder.feed(chain.sequence).reused == 0
 
 
-def test_unsupported_model_falls_back_to_the_plain_decoder(got_folder: Path) -> None:
-    mllm = GoTMLLM.from_converted(got_folder, "fp32")
+def test_unsupported_model_falls_back_to_the_plain_decoder(tiny_mllm_folder: Path) -> None:
+    mllm = GoTMLLM.from_converted(tiny_mllm_folder, "fp32")
     mllm.model.config.get_text_config().use_sliding_window = True
     with pytest.raises(UnsupportedModelError, match="sliding-window"):
         StaticDecoder(mllm.model)
