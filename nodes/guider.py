@@ -83,11 +83,14 @@ class GoTSSGMConditioner(io.ComfyNode):
                 size_input("height", "must match the reference latent and the empty latent you sample"),
             ],
             outputs=[
-                io.Conditioning.Output("positive", tooltip="Branch C: context c, pooled p, reference and spatial "
-                                                           "latents (GoT's full guidance)."),
-                io.Conditioning.Output("negative", tooltip="Branch U: null context c0, pooled p, zero reference and "
-                                                           "spatial latents."),
-                GotBranches.Output("branches", tooltip="All four branch conditionings C, T, I, U for the GoT Guider."),
+                io.Conditioning.Output("positive", display_name="positive",
+                                       tooltip="Branch C: context c, pooled p, reference and spatial latents (GoT's "
+                                               "full guidance)."),
+                io.Conditioning.Output("negative", display_name="negative",
+                                       tooltip="Branch U: null context c0, pooled p, zero reference and spatial "
+                                               "latents."),
+                GotBranches.Output("branches", display_name="branches",
+                                   tooltip="All four branch conditionings C, T, I, U for the GoT Guider."),
             ],
         )
 
@@ -148,7 +151,8 @@ class GoTGuiderNode(io.ComfyNode):
                 _scale_input("a_s", T2I_SCALES.spatial, EDIT_SCALES.spatial, "Spatial (box layout) guidance scale a_s"),
                 _scale_input("a_r", T2I_SCALES.reference, EDIT_SCALES.reference, "Reference (source image) guidance scale a_r"),
             ],
-            outputs=[io.Guider.Output(tooltip="A guider for SamplerCustomAdvanced running GoT's guidance.")],
+            outputs=[io.Guider.Output("guider", display_name="guider",
+                                      tooltip="A guider for SamplerCustomAdvanced running GoT's guidance.")],
         )
 
     @classmethod

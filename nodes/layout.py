@@ -29,16 +29,18 @@ class GoTMaskFromBoxes(io.ComfyNode):
                         "prompting or compositing) and draws the colour layout GoT's spatial guidance is built from.",
             inputs=[
                 GotChain.Input(
-                    "chain", tooltip="The reasoning chain (from GoT Reasoner or GoT Chain); its boxes are on a "
-                                     "0..1000 grid scaled to width x height."),
+                    "chain", tooltip="The reasoning chain (from the GoT Reasoner or the GoT Chain Parser); its boxes "
+                                     "are on a 0..1000 grid scaled to width x height."),
                 size_input("width", "the masks and the preview get this width"),
                 size_input("height", "the masks and the preview get this height"),
             ],
             outputs=[
-                io.Mask.Output("masks", tooltip="One mask per object in chain order (1 inside the box, also for "
-                                                "boxes without a colour); a single empty mask if there are no boxes."),
-                io.Image.Output("layout", tooltip="Preview of the layout: each box in its colour over a 100-unit "
-                                                  "grid; boxes without a colour in grey."),
+                io.Mask.Output("masks", display_name="masks",
+                               tooltip="One mask per object in chain order (1 inside the box, also for boxes without a "
+                                       "colour); a single empty mask if there are no boxes."),
+                io.Image.Output("layout", display_name="layout",
+                                tooltip="Preview of the layout: each box in its colour over a 100-unit grid; boxes "
+                                        "without a colour in grey."),
             ],
         )
 

@@ -34,13 +34,15 @@ class GoTReferenceEncoder(io.ComfyNode):
                                        "text-to-image."),
             ],
             outputs=[
-                io.Latent.Output("reference", tooltip="GoT's reference latent [1, 4, height/8, width/8] (unscaled, "
-                                                      "like every ComfyUI LATENT); connect it to the SSGM Conditioner."),
-                io.Int.Output("final_width", tooltip="Width to resize the decoded image to: for an edit the source "
-                                                     "aspect ratio with the short side min(width, height) (GoT: 1024), "
-                                                     "the long side truncated as GoT does; "
-                                                     "for text-to-image simply width."),
-                io.Int.Output("final_height", tooltip="Height to resize the decoded image to (see final_width)."),
+                io.Latent.Output("reference", display_name="reference",
+                                 tooltip="GoT's reference latent [1, 4, height/8, width/8] (unscaled, like every "
+                                         "ComfyUI LATENT); connect it to the SSGM Conditioner."),
+                io.Int.Output("final_width", display_name="final_width",
+                              tooltip="Width to resize the decoded image to: for an edit the source aspect ratio with "
+                                      "the short side min(width, height) (GoT: 1024), the long side truncated as GoT "
+                                      "does; for text-to-image simply width."),
+                io.Int.Output("final_height", display_name="final_height",
+                              tooltip="Height to resize the decoded image to (see final_width)."),
             ],
         )
 

@@ -3,8 +3,12 @@ config, "leading" timesteps) in ComfyUI, so that a graph reproduces the referenc
 
 ComfyUI's `ddpm` sampler takes the same DDPM step (posterior mean and "fixed small" variance) in sigma space.
 Three things differ from diffusers' loop, and these two nodes set them:
-- the timesteps: diffusers visits 981, 961, ..., 1 for 50 steps; no ComfyUI scheduler gives those. GoT DDPM
-  Schedule returns the model's sigmas at exactly these timesteps, then 0 (the last step goes to the clean image).
+- the timesteps: diffusers visits 981, 961, ..., 1 for 50 steps ("leading": every 1000 // steps, plus 1).
+  ComfyUI's `ddim_uniform` scheduler gives the same ones for 50 steps (its sigmas equal to float rounding),
+  but not for every count: it strides by 1000 // steps from 1 up to the top of the schedule, so 30 steps
+  become 31 from 991 (diffusers: 958, ..., 1) and 64 become 67 from 991 (diffusers: 946, ..., 1). GoT DDPM
+  Schedule returns the model's sigmas at diffusers' timesteps for any step count, then 0 (the last step goes
+  to the clean image).
 - the start: diffusers starts from unit noise (init_noise_sigma = 1) at the first timestep; ComfyUI starts a
   schedule below sigma_max from noise * sigma. The sampler starts as diffusers does.
 - the noise each step adds: diffusers draws it from the generator that drew the start noise, continuing its
@@ -65,7 +69,8 @@ class GoTDDPMSchedule(io.ComfyNode):
                 io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000,
                              tooltip="DDPM steps; GoT uses 50."),
             ],
-            outputs=[io.Sigmas.Output("sigmas", tooltip="The model's sigmas at GoT's DDPM timesteps, then 0.")],
+            outputs=[io.Sigmas.Output("sigmas", display_name="sigmas",
+                                      tooltip="The model's sigmas at GoT's DDPM timesteps, then 0.")],
         )
 
     @classmethod
@@ -87,8 +92,8 @@ class GoTDDPMSampler(io.ComfyNode):
                         "stream. With the GoT DDPM Schedule, RandomNoise and the GoT Guider it reproduces the "
                         "reference pipeline (python -m got_backend generate) on the CPU.",
             inputs=[],
-            outputs=[io.Sampler.Output("sampler", tooltip="For SamplerCustomAdvanced, with GoT DDPM Schedule's "
-                                                          "sigmas.")],
+            outputs=[io.Sampler.Output("sampler", display_name="sampler",
+                                       tooltip="For SamplerCustomAdvanced, with GoT DDPM Schedule's sigmas.")],
         )
 
     @classmethod

@@ -128,8 +128,9 @@ class GoTUNetLoader(io.ComfyNode):
                                tooltip="Weight precision, as in the core Load Diffusion Model node: 'default' lets "
                                        "ComfyUI choose; fp8 variants halve memory at some cost in quality."),
             ],
-            outputs=[io.Model.Output(tooltip="GoT's 12-channel SDXL UNet; feed it conditioning from the GoT "
-                                             "SSGM Conditioner (which carries the 8 extra channels).")],
+            outputs=[io.Model.Output("model", display_name="model",
+                                     tooltip="GoT's 12-channel SDXL UNet; feed it conditioning from the GoT SSGM "
+                                             "Conditioner (which carries the 8 extra channels).")],
         )
 
     @classmethod

@@ -8,37 +8,13 @@ from __future__ import annotations
 
 import pytest
 
-MODULES = ("nodes.unet_loader", "nodes.layout", "nodes.reference", "nodes.guider")
-RETURN_TYPES = {
-    "GoTUNetLoader": ("MODEL",),
-    "GoTMaskFromBoxes": ("MASK", "IMAGE"),
-    "GoTReferenceEncoder": ("LATENT", "INT", "INT"),
-    "GoTSSGMConditioner": ("CONDITIONING", "CONDITIONING", "GOT_BRANCHES"),
-    "GoTGuider": ("GUIDER",),
-}
-
 
 @pytest.fixture(scope="module")
 def node_classes(inproc) -> dict[str, type]:
-    return {cls.GET_SCHEMA().node_id: cls for module in MODULES for cls in inproc.pack_module(module).NODES}
+    return {cls.GET_SCHEMA().node_id: cls for cls in inproc.pack_module("nodes").all_nodes()}
 
 
-def test_each_node_is_documented(node_classes):
-    assert set(node_classes) == set(RETURN_TYPES)
-    for node_id, cls in node_classes.items():
-        schema = cls.GET_SCHEMA()  # also ComfyUI's own schema validation (unique ids)
-        assert schema.category.startswith("GoT/") and schema.display_name.startswith("GoT ")
-        assert len(schema.description) > 40, node_id
-        for item in schema.inputs + schema.outputs:
-            assert item.tooltip and len(item.tooltip) > 15, f"{node_id}.{item.id} lacks a tooltip"
-
-
-def test_v1_view_the_frontend_gets(node_classes):
-    for node_id, cls in node_classes.items():
-        assert tuple(cls.RETURN_TYPES) == RETURN_TYPES[node_id]
-        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
-        assert all(spec[1].get("tooltip") for group in cls.INPUT_TYPES().values() for spec in group.values()
-                   if len(spec) > 1)
+def test_the_reference_image_is_optional(node_classes):
     assert "image" in node_classes["GoTReferenceEncoder"].INPUT_TYPES()["optional"]
 
 
@@ -66,10 +42,3 @@ def test_unet_loader_offers_and_accepts_only_model_folder_files(node_classes):
     for name in ("../vae/GoT-6B-vae.safetensors", "/etc/passwd", "missing.safetensors"):
         assert "not a file in ComfyUI's diffusion_models folders" in loader.validate_inputs(name, "default")
     assert "weight_dtype" in loader.validate_inputs("GoT-6B-unet.safetensors", "fp4")
-
-
-def test_the_pack_collects_the_diffusion_nodes(inproc, node_classes):
-    collected = inproc.pack_module("nodes").all_nodes()
-    assert set(node_classes.values()) <= set(collected)
-    ids = [cls.GET_SCHEMA().node_id for cls in collected]
-    assert len(ids) == len(set(ids))
