@@ -45,9 +45,12 @@ def ddpm_timesteps(steps: int = DEFAULT_STEPS) -> list[int]:
     return [int(t) for t in scheduler.timesteps]
 
 
+MAX_STEPS = 999  # at 1000 steps "leading" spacing visits t=1000, one past the 1000-entry schedule
+
+
 def check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 1000:
-        raise DenoiseError(f"DDPM steps must be a whole number from 1 to 1000 (GoT uses 50), got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise DenoiseError(f"DDPM steps must be a whole number from 1 to {MAX_STEPS} (GoT uses 50), got {steps!r}")
     return steps
 
 

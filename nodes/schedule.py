@@ -25,7 +25,7 @@ from comfy_api.latest import io
 import comfy.k_diffusion.sampling
 import comfy.samplers
 
-from ..got_backend.denoise import DEFAULT_STEPS, ddpm_timesteps
+from ..got_backend.denoise import DEFAULT_STEPS, MAX_STEPS, ddpm_timesteps
 
 
 class DiffusersDDPMSampler(comfy.samplers.KSAMPLER):
@@ -66,7 +66,7 @@ class GoTDDPMSchedule(io.ComfyNode):
                         "GoT DDPM Sampler to reproduce the reference images.",
             inputs=[
                 io.Model.Input("model", tooltip="GoT's UNet (GoT UNet Loader): its noise schedule gives the sigmas."),
-                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=1000,
+                io.Int.Input("steps", default=DEFAULT_STEPS, min=1, max=MAX_STEPS,
                              tooltip="DDPM steps; GoT uses 50."),
             ],
             outputs=[io.Sigmas.Output("sigmas", display_name="sigmas",
