@@ -14,6 +14,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import got_backend.checkpoint
+import got_backend.mllm_files
+from got_backend.checkpoint import read_got_checkpoint
 from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
 from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
 from got_backend.latents import source_aspect_size
@@ -282,7 +285,16 @@ def test_models_folder_errors_say_which_files_go_where(tmp_path: Path, tiny_mode
     assert not files.released and files.vae.name == "GoT-6B-vae.safetensors"
 
 
-def test_released_files_load_and_match_the_converted_mllm(tmp_path: Path, tiny_release, pipeline: GoTPipeline) -> None:
+def test_released_files_load_and_match_the_converted_mllm(tmp_path: Path, tiny_release, pipeline: GoTPipeline,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = []
+
+    def counted_read(*args, **kwargs):  # the real reader, counted: the release is ~28 GB, read it once
+        reads.append(args[0])
+        return read_got_checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(got_backend.checkpoint, "read_got_checkpoint", counted_read)
+    monkeypatch.setattr(got_backend.mllm_files, "read_got_checkpoint", counted_read)
     models = tmp_path / "models"
     (models / "LLM").mkdir(parents=True)
     (models / "LLM" / "GoT-6B").symlink_to(tiny_release.got_release)
@@ -290,6 +302,7 @@ def test_released_files_load_and_match_the_converted_mllm(tmp_path: Path, tiny_r
     files = locate(models)
     assert files == GoTFiles(models / "LLM" / "GoT-6B", models / "LLM" / "Qwen2.5-VL-3B-Instruct", None, None)
     released = GoTPipeline.from_files(files, device="cpu")
+    assert reads == [files.mllm]
     ours = released.conditioning(released.mllm.user_chain(PROMPT, CHAIN), None, 64, 64)[0]
     converted = condition(pipeline)
     assert torch.allclose(ours.context, converted.context, atol=1e-5)
