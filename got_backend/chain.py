@@ -147,23 +147,6 @@ def format_chain(chain: GoTChain) -> str:
     return "".join(pieces)
 
 
-def split_turns(text: str) -> list[str]:
-    """The text between input images (GOT_SPEC §10): a multi-turn edit inserts each rendered image as
-    `<|vision_start|><|image_pad|>...<|vision_end|>`; the last piece is the turn being reasoned now."""
-    return text.split(VISION_END)
-
-
-def current_turn_start(text: str) -> int:
-    """Offset of the current turn in `text` (just after the last `<|vision_end|>`, or 0)."""
-    last = text.rfind(VISION_END)
-    return 0 if last < 0 else last + len(VISION_END)
-
-
-def current_turn(text: str) -> str:
-    """The current turn's text, from which the spatial boxes are parsed (GOT_SPEC §10)."""
-    return text[current_turn_start(text):]
-
-
 def _read_object(text: str, match: re.Match, floor: int) -> GoTObject:
     notes = []
     values, digits_changed, clamped = [], False, False

@@ -192,11 +192,11 @@ def _write_tokenizer_and_processor(qwen_base_dir: Path, folder: Path) -> None:
     for name in QWEN_COPIED:
         if (qwen_base_dir / name).is_file():
             shutil.copyfile(qwen_base_dir / name, folder / name)
-    tokenizer = AutoTokenizer.from_pretrained(qwen_base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(qwen_base_dir, local_files_only=True)
     add_got_tokens(tokenizer)
     resolve_got_tokens(tokenizer)
     tokenizer.save_pretrained(folder)
-    resolve_got_tokens(AutoTokenizer.from_pretrained(folder))  # what a loader of the converted folder will see
+    resolve_got_tokens(AutoTokenizer.from_pretrained(folder, local_files_only=True))  # what a loader of the converted folder will see
 
 
 def _write_diffusers_part(state: dict[str, torch.Tensor], config: dict, path: Path, dtype: torch.dtype | None,

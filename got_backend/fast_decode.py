@@ -42,10 +42,13 @@ class DecoderStack:
     """The Qwen2.5-VL text decoder's parts the step uses, checked for what the step assumes."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        config = model.config.get_text_config()
-        decoder = text_decoder(model)
-        self.embed, self.layers, self.norm = decoder.embed_tokens, decoder.layers, decoder.norm
-        self.rotary, self.lm_head = decoder.rotary_emb, model.lm_head
+        try:
+            config = model.config.get_text_config()
+            decoder = text_decoder(model)
+            self.embed, self.layers, self.norm = decoder.embed_tokens, decoder.layers, decoder.norm
+            self.rotary, self.lm_head = decoder.rotary_emb, model.lm_head
+        except AttributeError as err:
+            raise UnsupportedModelError(f"unexpected model structure ({err})") from err
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.groups = self.heads // self.kv_heads

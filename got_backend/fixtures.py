@@ -214,7 +214,7 @@ def _peft_wrapped_mllm_state(base: Path, generator: torch.Generator) -> dict[str
     from transformers import AutoConfig
 
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    config = AutoConfig.from_pretrained(base)
+    config = AutoConfig.from_pretrained(base, local_files_only=True)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.05,
                       target_modules=r".*layers\.\d+\.(self_attn|mlp)\.(" + "|".join(LORA_TARGETS) + ")",

@@ -73,8 +73,7 @@ class GoTMLLM:
         self.repetition_penalty = repetition_penalty  # default for `reason` (GoT inherits Qwen's generation config)
         self.decoder_note: str | None = None  # why the fast decoder is not in use, if it is not
         self._decoder: Decoder | None = None
-        self._stops: dict[int, StopReason] = {self.tokens.boi: "boi", self.tokens.vision_start: "vision_start",
-                                               self.tokens.endoftext: "endoftext"}
+        self._stops: dict[int, StopReason] = dict(zip(self.tokens.stop_ids, ("boi", "vision_start", "endoftext")))
 
     # Loading
 
@@ -318,7 +317,7 @@ class GoTMLLM:
             return PlainDecoder(self.model)
         try:
             return StaticDecoder(self.model)
-        except (UnsupportedModelError, AttributeError) as err:
+        except UnsupportedModelError as err:
             self.decoder_note = f"fast decoding unavailable ({err}); using the plain decoder"
             log.warning("GoT reasoner: %s", self.decoder_note)
             return PlainDecoder(self.model)

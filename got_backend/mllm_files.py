@@ -52,9 +52,10 @@ def read_converted(folder: str | Path, dtype: torch.dtype | str) -> MLLMParts:
     folder = Path(folder)
     _require_files(folder, ("config.json", PROJECTORS_FILE, "preprocessor_config.json"), "converted GoT MLLM")
     dtype = resolve_dtype(dtype)
-    processor = AutoProcessor.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     resolve_got_tokens(processor.tokenizer)  # refuse a wrong tokenizer before loading gigabytes
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa",
+                                                               local_files_only=True, use_safetensors=True,
                                                                **_dtype_argument(dtype))
     projectors = projectors_from_state(load_file(folder / PROJECTORS_FILE))
     return MLLMParts(model, processor, *projectors, _repetition_penalty(folder))
@@ -69,7 +70,7 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
     _require_files(qwen_dir, ("config.json", "preprocessor_config.json", "tokenizer_config.json"),
                    "Qwen2.5-VL-3B-Instruct")
     dtype = resolve_dtype(dtype)
-    processor = AutoProcessor.from_pretrained(qwen_dir)
+    processor = AutoProcessor.from_pretrained(qwen_dir, local_files_only=True)
     add_got_tokens(processor.tokenizer)
     resolve_got_tokens(processor.tokenizer)
     if weights is None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from PIL import Image
+
+from .latents import LatentInputError, check_rgb_image, to_uint8_pil
 
 T2I_INSTRUCTION = "Follow the caption to generate an image through a chain of thought process: {prompt}"
 EDIT_INSTRUCTION = "Follow the instruction to edit the given image through a chain of thought process: {prompt}"
@@ -20,7 +21,7 @@ class PromptError(ValueError):
     """The prompt cannot be sent to the MLLM (empty, or an unknown task)."""
 
 
-class ImageInputError(ValueError):
+class ImageInputError(LatentInputError):
     """An input image is batched, not RGB, or not an image."""
 
 
@@ -58,20 +59,10 @@ def as_rgb_image(image: ImageInput, what: str = "image") -> Image.Image:
     if not isinstance(image, torch.Tensor):
         raise ImageInputError(f"the {what} must be a PIL image or a [1, 3, H, W] tensor in [0, 1], "
                               f"not {type(image).__name__}")
-    if image.ndim == 3:
-        image = image.unsqueeze(0)
-    if image.ndim != 4:
-        raise ImageInputError(f"the {what} tensor has shape {tuple(image.shape)}; expected [1, 3, H, W]")
-    if image.shape[0] != 1:
-        raise ImageInputError(f"the {what} is a batch of {image.shape[0]} images; GoT reasons about one "
-                              "image at a time: pick one (e.g. with an image-batch splitter)")
-    if image.shape[1] != 3:
-        raise ImageInputError(f"the {what} has {image.shape[1]} channels; GoT reads RGB images "
-                              "(3 channels, [1, 3, H, W]): drop alpha or convert grey to RGB first")
-    if not image.is_floating_point():
-        raise ImageInputError(f"the {what} tensor is {image.dtype}; expected floats in [0, 1]")
-    pixels = (image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy()), "RGB")
+    try:
+        return to_uint8_pil(check_rgb_image(image.unsqueeze(0) if image.ndim == 3 else image))
+    except LatentInputError as err:
+        raise ImageInputError(f"the {what}: {err}") from err
 
 
 def condition_image(image: ImageInput, what: str = "image") -> Image.Image:

@@ -57,7 +57,7 @@ def load_qwen_config(folder: str | Path, *, tie_word_embeddings: bool | None = N
     """The Qwen2.5-VL config in `folder`, optionally with `tie_word_embeddings` overridden."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
     if tie_word_embeddings is not None:
         set_tie_word_embeddings(config, tie_word_embeddings)
     return config

@@ -8,8 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from got_backend.chain import (ChainError, GoTChain, GoTObject, current_turn, current_turn_start, format_chain,
-                               format_object, parse_chain, split_turns)
+from got_backend.chain import ChainError, GoTChain, GoTObject, format_chain, format_object, parse_chain
 
 # The reference's box regex, written out here as the oracle.
 REFERENCE_BOX = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|> \((\w+)\)")
@@ -136,17 +135,6 @@ def test_with_object() -> None:
     # Removing a colour that is followed by "(word)" text cannot be written: the word would become the colour.
     with pytest.raises(ChainError, match="read it differently"):
         parse_chain(f"{BS}(1,2),(3,4){BE} (red)(blue)").with_object(0, color=None)
-
-
-def test_turns() -> None:
-    turn1 = f"1. {BS}(1,2),(3,4){BE} (red)<|vision_start|>"
-    image = "<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
-    turn2 = f"2. {BS}(5,6),(7,8){BE} (blue)"
-    text = turn1 + image + turn2
-    assert split_turns(text) == [turn1 + image.removesuffix("<|vision_end|>"), turn2]
-    assert current_turn(text) == turn2 and current_turn_start(text) == len(turn1 + image)
-    assert [o.color for o in parse_chain(current_turn(text)).objects] == ["blue"]
-    assert current_turn(turn1) == turn1
 
 
 # --- fuzzing -----------------------------------------------------------------------------------------------------

@@ -312,10 +312,12 @@ def test_edit_without_an_image_is_refused(mllm: GoTMLLM) -> None:
 
 @pytest.mark.parametrize("image, message", [
     (torch.rand(2, 3, 32, 32), "batch of 2 images"),
-    (torch.rand(1, 4, 32, 32), "4 channels"),
-    (torch.rand(1, 1, 32, 32), "1 channels"),
-    (torch.rand(32, 32), "expected \\[1, 3, H, W\\]"),
-    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "expected floats"),
+    (torch.rand(1, 4, 32, 32), "RGBA image; drop the alpha"),
+    (torch.rand(1, 1, 32, 32), "grayscale image"),
+    (torch.rand(32, 32), "expected one image shaped \\[1, 3, H, W\\]"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "expected float pixels"),
+    (torch.rand(1, 3, 8, 8) * 2 - 1, "must lie in \\[0, 1\\]"),
+    (torch.rand(1, 3, 8, 8) * 255, "must lie in \\[0, 1\\]"),
     (Image.new("RGBA", (32, 32)), "RGBA image"),
     (Image.new("L", (32, 32)), "L image"),
     ("picture.png", "not str"),

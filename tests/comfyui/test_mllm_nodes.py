@@ -225,8 +225,8 @@ def comfy_image(height: int, width: int, channels: int = 3, batch: int = 1) -> t
     ("edit without an image", dict(task="edit"), "needs the image"),
     ("image for text-to-image", dict(image=comfy_image(32, 32)), "task is text-to-image"),
     ("batched image", dict(task="edit", image=comfy_image(32, 32, batch=2)), "batch of 2 images"),
-    ("RGBA image", dict(task="edit", image=comfy_image(32, 32, channels=4)), "4 channels"),
-    ("grey image", dict(task="edit", image=comfy_image(32, 32, channels=1)), "1 channels"),
+    ("RGBA image", dict(task="edit", image=comfy_image(32, 32, channels=4)), "RGBA image"),
+    ("grey image", dict(task="edit", image=comfy_image(32, 32, channels=1)), "grayscale image"),
 ])
 def test_reasoner_bad_input_is_a_clear_error(nodes, managed, case, kwargs, error):
     with pytest.raises(ValueError, match=error):
