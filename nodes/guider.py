@@ -114,8 +114,10 @@ class GoTGuider(comfy.samplers.CFGGuider):
 
     calc_cond_batch returns denoised predictions x - sigma * eps_b rather than eps_b; GoT's branch weights sum to
     1, so the same weighted sum of the denoised predictions is exactly the denoised prediction of GoT's eps.
-    ComfyUI's post-CFG hooks (sampler_post_cfg_function, used by CFG++ samplers and some model patches) assume a
-    cond/uncond pair and are not applied."""
+    ComfyUI's CFG hooks assume a cond/uncond pair and are not applied: sampler_cfg_function,
+    sampler_pre_cfg_function, sampler_post_cfg_function (CFG++ samplers, some model patches) and
+    sampler_calc_cond_batch_function. The branches are not named positive/negative, so ControlNets marked
+    "apply to uncond" and GLIGEN are not spread across them either."""
 
     def set_guidance(self, branches: dict[str, Conditioning], a_t: float, a_s: float, a_r: float) -> None:
         self.scales = (a_t, a_s, a_r)

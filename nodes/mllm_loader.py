@@ -34,13 +34,13 @@ def register_llm_folder() -> None:
 
 def _model_folders() -> dict[str, Path]:
     """Folders directly inside the LLM folders that hold a model (config.json or a release index), by name;
-    the first LLM folder wins a name found twice."""
+    the first LLM folder wins a name found twice. Hidden folders (the converter's staging folder) are not listed."""
     register_llm_folder()
     found: dict[str, Path] = {}
     for root in map(Path, folder_paths.get_folder_paths(LLM_FOLDER)):
         entries = sorted(root.iterdir()) if root.is_dir() else []
         for entry in entries:
-            if entry.is_dir() and any((entry / marker).is_file() for marker in MODEL_MARKERS):
+            if not entry.name.startswith(".") and entry.is_dir() and any((entry / marker).is_file() for marker in MODEL_MARKERS):
                 found.setdefault(entry.name, entry)
     return found
 
@@ -100,8 +100,8 @@ class GoTMLLMLoader(io.ComfyNode):
                                tooltip=f"Only for the raw GoT-6B release: the {QWEN_BASE_NAME} folder in models/LLM "
                                        "(tokenizer, processor and config). A converted folder already has them."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
-                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16 on a GPU, "
-                                       "fp32 on the CPU."),
+                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp32. Avoid "
+                                       "fp16: Qwen2.5-VL overflows in fp16 and writes garbage chains."),
             ],
             outputs=[GotMLLM.Output("mllm", display_name="mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
                                                     "Conditioner.")],

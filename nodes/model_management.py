@@ -34,16 +34,14 @@ def mllm_devices() -> tuple[torch.device, torch.device]:
 
 
 def mllm_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """The dtype for a dtype choice; "auto" is bf16 where the device supports it, else fp16 on an accelerator,
-    else fp32 (the CPU)."""
+    """The dtype for a dtype choice; "auto" is bf16 where the device supports it, else fp32. Never fp16 by
+    itself: Qwen2.5-VL's activations overflow fp16 and the chain comes out as garbage, with no error."""
     if choice in _FIXED_DTYPES:
         return _FIXED_DTYPES[choice]
     if choice != "auto":
         raise ValueError(f"unknown MLLM dtype {choice!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     if comfy.model_management.should_use_bf16(device):
         return torch.bfloat16
-    if comfy.model_management.should_use_fp16(device):
-        return torch.float16
     return torch.float32
 
 
@@ -84,7 +82,13 @@ class ManagedMLLM:
 
     def loaded(self) -> GoTMLLM:
         """The GoTMLLM with all its weights on the load device (through ComfyUI, which may evict others)."""
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        try:
+            comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        except torch.OutOfMemoryError as err:
+            raise MemoryError(
+                f"the GoT MLLM {self.name!r} does not fit on {self.patcher.load_device}: free memory (Unload "
+                "models), choose a smaller dtype on the GoT MLLM Loader, or start ComfyUI with --lowvram, which "
+                "runs the MLLM on the CPU") from err
         devices = {p.device for p in self.patcher.model.parameters()}
         if len(devices) > 1:
             raise PartialLoadError(
@@ -96,4 +100,5 @@ class ManagedMLLM:
     def semantic_guidance(self, chain: GoTChain) -> SemanticGuidance:
         """GOT_SPEC §6 for a GOT_CHAIN value: the reasoner's KV cache is reused while the chain text is
         unedited; an edited chain is re-read in one full forward."""
-        return self.loaded().semantic_guidance(chain_reasoning(chain), chain.text)
+        reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
+        return self.loaded().semantic_guidance(reasoning, chain.text)

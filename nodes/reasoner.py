@@ -218,8 +218,9 @@ class GoTNextTurn(io.ComfyNode):
     @classmethod
     def execute(cls, mllm: ManagedMLLM, chain: ReasonedChain, image: torch.Tensor, max_new_tokens: int,
                 sampling: bool, seed: int, temperature: float, top_p: float) -> io.NodeOutput:
+        reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
         got = mllm.loaded()
-        previous = got.edit_chain(chain_reasoning(chain), chain.text)
+        previous = got.edit_chain(reasoning, chain.text)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         settings = sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)
 

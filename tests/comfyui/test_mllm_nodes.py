@@ -87,6 +87,19 @@ def test_dtype_choices(inproc):
         management.mllm_dtype("int8", cpu)
 
 
+def test_auto_dtype_never_picks_fp16(inproc, monkeypatch):
+    """Qwen2.5-VL overflows in fp16: on a GPU without bf16 (T4, V100) "auto" must give fp32."""
+    import comfy.model_management
+
+    management = inproc.pack_module("nodes.model_management")
+    gpu_without_bf16 = {"should_use_bf16": False, "should_use_fp16": True}
+    for name, answer in gpu_without_bf16.items():
+        monkeypatch.setattr(comfy.model_management, name, lambda *args, answer=answer, **kwargs: answer)
+    assert management.mllm_dtype("auto", torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(comfy.model_management, "should_use_bf16", lambda *args, **kwargs: True)
+    assert management.mllm_dtype("auto", torch.device("cpu")) == torch.bfloat16
+
+
 def test_loader_accepts_only_listed_folders(loader):
     assert loader.model_folder_names() == ["GoT-6B"]
     for name in ("../LLM/GoT-6B", "GoT-6B/..", "/etc", "missing"):
