@@ -82,7 +82,7 @@ def test_bad_inputs_are_reported_not_raised(tmp_path: Path, tiny_models_dir: Pat
     assert "prompt is empty" in capsys.readouterr().err
     assert generate("--prompt", "x", "--models", tiny_models_dir, "--out", tmp_path / "o.png", *SMALL,
                     "--steps", "0") == 2
-    assert "from 1 to 1000" in capsys.readouterr().err
+    assert "from 1 to 999" in capsys.readouterr().err
 
 
 def test_smoke_runs_the_whole_path_on_fresh_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
