@@ -39,16 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
-from got_backend.chain import parse_chain  # noqa: E402
-from got_backend.denoise import Conditioning, decode, denoise  # noqa: E402
-from got_backend.fixtures import unet_config, vae_config  # noqa: E402
-from got_backend.guidance import T2I_SCALES  # noqa: E402
-from got_backend.latents import black_pixels, vae_mode_encoder  # noqa: E402
-from got_backend.layout import color_canvases  # noqa: E402
-from got_backend.mllm import GoTMLLM, resolve_dtype  # noqa: E402
+from got_backend.ssgm.chain import parse_chain  # noqa: E402
+from got_backend.ssgm.branches import Conditioning  # noqa: E402
+from got_backend.ssgm.decode import decode  # noqa: E402
+from got_backend.ssgm.denoise import denoise  # noqa: E402
+from got_backend.testing.fixtures import unet_config, vae_config  # noqa: E402
+from got_backend.ssgm.guidance import T2I_SCALES  # noqa: E402
+from got_backend.ssgm.latents import black_pixels, vae_mode_encoder  # noqa: E402
+from got_backend.ssgm.layout import color_canvases  # noqa: E402
+from got_backend.reasoning.mllm import GoTMLLM, resolve_dtype  # noqa: E402
 from got_backend.pipeline import GoTPipeline, Progress, ReasoningSettings, RenderSettings  # noqa: E402
-from got_backend.prompts import chat_messages, instruction  # noqa: E402
-from got_backend.semantic import IMAGE_QUERY_COUNT  # noqa: E402
+from got_backend.reasoning.prompts import chat_messages, instruction  # noqa: E402
+from got_backend.reasoning.semantic import IMAGE_QUERY_COUNT  # noqa: E402
 from reasoner import build_reasoner, peak_gib, peak_reset, sync  # noqa: E402
 
 PROMPT = "A sunlit kitchen table with a red teapot, two blue cups, a basket of oranges and a green plant"

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformers import (AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration,  # noqa: E402
                           SuppressTokensLogitsProcessor)
 
-from got_backend.fixtures import make_qwen_base, qwen_config  # noqa: E402
-from got_backend.mllm import GoTMLLM, resolve_dtype  # noqa: E402
-from got_backend.prompts import chat_messages, condition_image, instruction  # noqa: E402
-from got_backend.tokens import add_got_tokens  # noqa: E402
+from got_backend.testing.fixtures import make_qwen_base, qwen_config  # noqa: E402
+from got_backend.reasoning.mllm import GoTMLLM, resolve_dtype  # noqa: E402
+from got_backend.reasoning.prompts import chat_messages, condition_image, instruction  # noqa: E402
+from got_backend.reasoning.tokens import add_got_tokens  # noqa: E402
 
 PROMPT = "A cozy reading corner with a green armchair, a floor lamp and a cat asleep on a stack of books"
 EDIT = "Replace the armchair with a red sofa"

@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .guidance import GuidanceScales
-from .layout import layout_preview
-from .models_dir import DEFAULT_NAME, GoTFiles, ModelFilesError, layout_help, locate
+from .ssgm.guidance import GuidanceScales
+from .ssgm.layout import layout_preview
+from .weights.models_dir import DEFAULT_NAME, GoTFiles, ModelFilesError, layout_help, locate
 from .pipeline import GoTPipeline, GoTResult, PipelineError, Progress, ReasoningSettings, RenderSettings
-from .prompts import ImageInputError, PromptError
-from .reasoning import Reasoning, TokenEvent
+from .images import ImageInputError
+from .reasoning.prompts import PromptError
+from .reasoning.turns import Reasoning, TokenEvent
 
 SMOKE_SIZE = 128
 SMOKE_STEPS = 8
@@ -122,7 +123,7 @@ def model_files(args: argparse.Namespace) -> GoTFiles:
 def smoke_models() -> Iterator[GoTFiles]:
     """Tiny random GoT models built in a temporary folder, converted into a models folder."""
     from .convert import convert_release
-    from .fixtures import make_tiny_release
+    from .testing.fixtures import make_tiny_release
 
     with tempfile.TemporaryDirectory(prefix="got-smoke-") as folder:
         started = time.monotonic()

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import GOT_LORA_ALPHA, CheckpointError, CheckpointReport, GoTWeights, read_got_checkpoint
-from .qwen_names import load_qwen_config, qwen_names
-from .safetensors_writer import write_safetensors, write_sharded_safetensors
-from .state_dicts import shard_files
-from .tokens import GotTokenizerError, add_got_tokens, resolve_got_tokens
+from .weights.checkpoint import GOT_LORA_ALPHA, CheckpointError, CheckpointReport, GoTWeights, read_got_checkpoint
+from .weights.qwen_names import load_qwen_config, qwen_names
+from .weights.safetensors_writer import write_safetensors, write_sharded_safetensors
+from .weights.state_dicts import shard_files
+from .reasoning.tokens import GotTokenizerError, add_got_tokens, resolve_got_tokens
+from .errors import GoTError
 
 QWEN_REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
 QWEN_COPIED = ("preprocessor_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json")
@@ -46,7 +47,7 @@ Where the files go:
              vae/<name>-vae.safetensors"""
 
 
-class ConversionError(ValueError):
+class ConversionError(GoTError):
     """The conversion cannot start or finish: missing folders/files, or outputs that already exist."""
 
 

@@ -33,24 +33,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .chain import GoTChain, parse_chain
-from .denoise import DEFAULT_SEED, DEFAULT_STEPS, Conditioning, StepCallback, check_steps, decode, denoise
-from .guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
-from .latents import check_output_size, reference_latent, source_aspect_size, spatial_latent, vae_mode_encoder
-from .mllm import GoTMLLM
-from .models_dir import GoTFiles, load_unet, load_vae, locate, unet_from_state, vae_from_state
+from .ssgm.chain import GoTChain, parse_chain
+from .ssgm.branches import Conditioning
+from .ssgm.decode import decode
+from .ssgm.denoise import DEFAULT_SEED, DEFAULT_STEPS, StepCallback, check_steps, denoise
+from .ssgm.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
+from .ssgm.latents import reference_latent, spatial_latent, vae_mode_encoder
+from .ssgm.sizes import check_output_size, source_aspect_size
+from .reasoning.mllm import GoTMLLM
+from .weights.models_dir import GoTFiles, load_unet, load_vae, locate, unet_from_state, vae_from_state
 from .offload import Offloader
-from .prompts import ImageInput, Task, as_rgb_image
-from .reasoning import Reasoning, TokenEvent
-from .sampling import LogitsProcessor
-from .tokens import BOI, VISION_START
+from .images import ImageInput, as_rgb_image
+from .reasoning.prompts import Task
+from .reasoning.turns import Reasoning, TokenEvent
+from .reasoning.sampling import LogitsProcessor
+from .reasoning.tokens import BOI, VISION_START
+from .errors import GoTError
 
 DEFAULT_SIZE = 1024
 DEFAULT_MAX_IMAGES = 8
 _TURN_END = re.compile(f"({re.escape(BOI)}|{re.escape(VISION_START)})")
 
 
-class PipelineError(ValueError):
+class PipelineError(GoTError):
     """A run that cannot go on: the chain asks for something the conversation does not have."""
 
 
@@ -185,7 +190,7 @@ class GoTPipeline:
         unet_dtype = unet_dtype or (torch.float16 if on_gpu else torch.float32)
         home = "cpu" if offload else device
         if files.released:
-            from .checkpoint import read_got_checkpoint
+            from .weights.checkpoint import read_got_checkpoint
 
             weights = read_got_checkpoint(files.mllm, files.qwen_base)
             mllm = GoTMLLM.from_release(files.mllm, files.qwen_base, mllm_dtype, home, decoding, weights)

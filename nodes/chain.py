@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..got_backend.chain import ChainError, GoTChain
-from ..got_backend.layout import color_rgb
-from .reasoner import show_on_node
+from ..got_backend.ssgm.chain import ChainError, GoTChain
+from ..got_backend.ssgm.layout import color_rgb
+from .comfy_bridge import show_on_node
 from .types import GotChain, ReasonedChain, reasoned_chain
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..got_backend.chain import GoTChain
-from ..got_backend.layout import box_masks, layout_preview
+from ..got_backend.ssgm.chain import GoTChain
+from ..got_backend.ssgm.layout import box_masks, layout_preview
 from .comfy_bridge import size_input
 from .types import GotChain
 

@@ -13,17 +13,18 @@ from comfy_api.latest import io
 
 import folder_paths
 
-from ..got_backend.mllm import GoTMLLM
-from ..got_backend.models_dir import CONVERTED_MARKER, QWEN_BASE_NAME, RELEASE_INDEX
+from ..got_backend.reasoning.mllm import GoTMLLM
+from ..got_backend.weights.models_dir import CONVERTED_MARKER, QWEN_BASE_NAME, RELEASE_INDEX
 from .model_management import DTYPE_CHOICES, ManagedMLLM, mllm_devices, mllm_dtype
 from .types import GotMLLM
+from ..got_backend.errors import GoTError
 
 LLM_FOLDER = "LLM"
 MODEL_MARKERS = ("config.json", RELEASE_INDEX)
 NO_QWEN = "(converted: not needed)"
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(GoTError):
     """A model folder name that is not a model folder inside ComfyUI's LLM folders."""
 
 

@@ -14,16 +14,17 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 
-from ..got_backend.chain import GoTChain
-from ..got_backend.mllm import GoTMLLM
-from ..got_backend.semantic import SemanticGuidance
+from ..got_backend.ssgm.chain import GoTChain
+from ..got_backend.reasoning.mllm import GoTMLLM
+from ..got_backend.reasoning.semantic import SemanticGuidance
 from .types import chain_reasoning
+from ..got_backend.errors import GoTError
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 _FIXED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-class PartialLoadError(RuntimeError):
+class PartialLoadError(GoTError):
     """ComfyUI placed only part of the MLLM on its device; a transformers model cannot run split like that."""
 
 

@@ -21,10 +21,12 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import comfy.utils
 
-from ..got_backend.prompts import PromptError, instruction
-from ..got_backend.reasoning import Reasoning, ReasoningCancelled, TokenEvent
+from ..got_backend.reasoning.prompts import PromptError, instruction
+from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
+from .comfy_bridge import comfy_image, show_on_node
 from .model_management import ManagedMLLM
 from .types import GotChain, GotMLLM, ReasonedChain, chain_reasoning, reasoned_chain
+from ..got_backend.errors import GoTError
 
 TASKS = {"text-to-image": "t2i", "edit": "edit"}
 STREAM_INTERVAL = 0.1  # seconds between two updates of the streamed text
@@ -37,21 +39,8 @@ STOP_NOTES = {
 }
 
 
-class TaskImageError(ValueError):
+class TaskImageError(GoTError):
     """The task and the image input do not go together."""
-
-
-def comfy_image(image: torch.Tensor | None) -> torch.Tensor | None:
-    """ComfyUI's IMAGE [B, H, W, C] as the backend's [B, C, H, W] (the backend refuses B > 1 and C != 3)."""
-    return None if image is None else image.movedim(-1, 1)
-
-
-def show_on_node(node_id: str | None, text: str) -> None:
-    """Text on the node in the frontend (its progress-text preview); nothing when run outside a prompt."""
-    if node_id is not None:
-        from server import PromptServer  # imported late: only a running ComfyUI server has an instance
-
-        PromptServer.instance.send_progress_text(text, node_id)
 
 
 class ChainStream:

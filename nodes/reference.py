@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..got_backend.latents import reference_latent, source_aspect_size
-from .comfy_bridge import size_input, vae_encode_fn
+from ..got_backend.ssgm.latents import reference_latent
+from ..got_backend.ssgm.sizes import source_aspect_size
+from .comfy_bridge import comfy_image, size_input, vae_encode_fn
 
 
 class GoTReferenceEncoder(io.ComfyNode):
@@ -48,7 +49,7 @@ class GoTReferenceEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, width: int, height: int, image: torch.Tensor | None = None) -> io.NodeOutput:
-        pixels = None if image is None else image.movedim(-1, 1)  # ComfyUI IMAGE [B,H,W,C] -> [B,C,H,W]
+        pixels = comfy_image(image)
         latent = reference_latent(pixels, vae_encode_fn(vae), width, height)
         final = (width, height) if image is None else source_aspect_size((image.shape[2], image.shape[1]),
                                                                          min(width, height))

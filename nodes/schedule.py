@@ -25,7 +25,7 @@ from comfy_api.latest import io
 import comfy.k_diffusion.sampling
 import comfy.samplers
 
-from ..got_backend.denoise import DEFAULT_STEPS, MAX_STEPS, ddpm_timesteps
+from ..got_backend.ssgm.denoise import DEFAULT_STEPS, MAX_STEPS, ddpm_timesteps
 
 
 class DiffusersDDPMSampler(comfy.samplers.KSAMPLER):

@@ -13,15 +13,18 @@ from dataclasses import dataclass
 
 from comfy_api.latest import io
 
-from ..got_backend.chain import GoTChain, parse_chain
-from ..got_backend.reasoning import Reasoning
+from ..got_backend.ssgm.chain import GoTChain, parse_chain
+from ..got_backend.reasoning.turns import Reasoning
+from ..got_backend.errors import GoTError
 
 GotMLLM = io.Custom("GOT_MLLM")
 GotChain = io.Custom("GOT_CHAIN")
 GotBranches = io.Custom("GOT_BRANCHES")
 
+Conditioning = list[list]  # ComfyUI's CONDITIONING value: [[cross_attn, {extra conds}], ...]
 
-class ChainWithoutReasoningError(ValueError):
+
+class ChainWithoutReasoningError(GoTError):
     """A chain typed with no GoT Reasoner upstream was used where the prompt it answers is needed."""
 
 

@@ -21,7 +21,8 @@ import comfy.supported_models
 import comfy.utils
 import folder_paths
 
-from .comfy_bridge import UNetWeightsError, comfy_unet_state
+from .unet_keys import UNetWeightsError, comfy_unet_state
+from ..got_backend.errors import GoTError
 
 GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), GOT_SPEC §9
 SDXL_TIME_IDS_DIM = 6 * 256  # SDXL's six size/crop embeddings beside the pooled vector in the ADM input
@@ -54,7 +55,7 @@ def got_unet_config(state: dict[str, torch.Tensor], where: str = "the UNet") -> 
     return config
 
 
-class GoTConditioningError(ValueError):
+class GoTConditioningError(GoTError):
     """Conditioning that does not give GoT's UNet its 8 extra channels at the sampled latent's size."""
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from got_backend.fixtures import TinyRelease, make_tiny_release
+from got_backend.testing.fixtures import TinyRelease, make_tiny_release
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from got_backend.fixtures import LORA_ALPHA
+from got_backend.testing.fixtures import LORA_ALPHA
 
 MLLM_PEFT = "mllm.base_model.model."
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from got_backend.chain import ChainError, GoTChain, GoTObject, format_chain, format_object, parse_chain
+from got_backend.ssgm.chain import ChainError, GoTChain, GoTObject, format_chain, format_object, parse_chain
 
 # The reference's box regex, written out here as the oracle.
 REFERENCE_BOX = re.compile(r"<\|box_start\|>\((\d+),(\d+)\),\((\d+),(\d+)\)<\|box_end\|> \((\w+)\)")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from got_backend.checkpoint import CheckpointError, UnsafeCheckpointError, load_mllm_state, read_got_checkpoint
-from got_backend.fixtures import LORA_ALPHA, LORA_RANK, to_transformers_449_name
-from got_backend.qwen_names import load_qwen_config
-from got_backend.state_dicts import iter_shards, load_tensor_file
+from got_backend.weights.checkpoint import CheckpointError, UnsafeCheckpointError, load_mllm_state, read_got_checkpoint
+from got_backend.testing.fixtures import LORA_ALPHA, LORA_RANK, to_transformers_449_name
+from got_backend.weights.qwen_names import load_qwen_config
+from got_backend.weights.state_dicts import iter_shards, load_tensor_file
 from tests.got_release_reference import (MLLM_PEFT, expected_mllm, expected_part, raw_state, release_variant,
                                          shard_holding)
 

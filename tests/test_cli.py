@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from got_backend.__main__ import main
-from got_backend.chain import parse_chain
-from got_backend.layout import layout_preview
+from got_backend.ssgm.chain import parse_chain
+from got_backend.ssgm.layout import layout_preview
 
 CHAIN = ("A <|object_ref_start|>red apple<|object_ref_end|><|box_start|>(100,120),(500,600)<|box_end|> (red) on a "
          "<|object_ref_start|>plate<|object_ref_end|><|box_start|>(50,500),(950,990)<|box_end|> (blue).<|im_gen_start|>")

@@ -12,10 +12,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from got_backend.convert import ConversionError, convert_release, main
-from got_backend.diffusers_configs import infer_unet_config, unet_shapes
-from got_backend.fixtures import POOLED_DIM, to_transformers_449_name, unet_config, vae_config
-from got_backend.safetensors_writer import write_safetensors, write_sharded_safetensors
-from got_backend.tokens import EXPECTED_IDS, GotTokenizerError, resolve_got_tokens
+from got_backend.weights.diffusers_configs import infer_unet_config, unet_shapes
+from got_backend.testing.fixtures import POOLED_DIM, to_transformers_449_name, unet_config, vae_config
+from got_backend.weights.safetensors_writer import write_safetensors, write_sharded_safetensors
+from got_backend.reasoning.tokens import EXPECTED_IDS, GotTokenizerError, resolve_got_tokens
 from tests.got_release_reference import MLLM_PEFT, expected_mllm, expected_part, raw_state, release_variant
 
 SDXL_UNET = dict(sample_size=128, in_channels=12, out_channels=4,

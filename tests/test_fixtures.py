@@ -5,8 +5,8 @@ import json
 import torch
 from transformers import AutoConfig, AutoProcessor, AutoTokenizer
 
-from got_backend.fixtures import SHARDS
-from got_backend.tokens import EXPECTED_IDS
+from got_backend.testing.fixtures import SHARDS
+from got_backend.reasoning.tokens import EXPECTED_IDS
 
 
 def test_tokenizer_is_the_real_qwen25_bpe(tiny_release):

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from got_backend.guidance import (BRANCH_INPUTS, BRANCHES, EDIT_SCALES, T2I_SCALES, GuidanceError, branch_weights,
+from got_backend.ssgm.guidance import (BRANCH_INPUTS, BRANCHES, EDIT_SCALES, T2I_SCALES, GuidanceError, branch_weights,
                                   combine_branches, combine_got_cfg, needed_branches)
 
 

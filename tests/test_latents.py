@@ -9,10 +9,11 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image, ImageDraw
 
-from got_backend.chain import ChainError, parse_chain
-from got_backend.fixtures import vae_config
-from got_backend.latents import (LatentInputError, check_rgb_image, reference_latent, spatial_latent,
-                                 vae_mode_encoder)
+from got_backend.ssgm.chain import ChainError, parse_chain
+from got_backend.testing.fixtures import vae_config
+from got_backend.images import ImageInputError, check_rgb_image
+from got_backend.ssgm.latents import LatentInputError, reference_latent, spatial_latent, vae_mode_encoder
+from got_backend.ssgm.sizes import SizeError
 
 BS, BE = "<|box_start|>", "<|box_end|>"
 CHAIN = (f"a <|object_ref_start|>cat<|object_ref_end|>{BS}(100,200),(500,900){BE} (red), "
@@ -120,17 +121,17 @@ def test_vae_mode_encoder_uses_the_vae_dtype(vae: AutoencoderKL) -> None:
     (np.zeros((1, 3, 8, 8)), "torch tensor"),
 ])
 def test_bad_images_get_clear_errors(image: torch.Tensor, message: str) -> None:
-    with pytest.raises(LatentInputError, match=message):
+    with pytest.raises(ImageInputError, match=message):
         check_rgb_image(image)
-    with pytest.raises(LatentInputError, match=message):
+    with pytest.raises(ImageInputError, match=message):
         reference_latent(image, lambda pixels: pixels, 64, 64)
 
 
 def test_output_size_must_be_multiple_of_8() -> None:
     for width, height in [(60, 64), (64, 0), (64.0, 64)]:
-        with pytest.raises(LatentInputError, match="multiple of 8"):
+        with pytest.raises(SizeError, match="multiple of 8"):
             spatial_latent(parse_chain(""), lambda pixels: pixels, width, height)
-        with pytest.raises(LatentInputError, match="multiple of 8"):
+        with pytest.raises(SizeError, match="multiple of 8"):
             reference_latent(None, lambda pixels: pixels, width, height)
     for batch_size in (0, -1, 1.5):
         with pytest.raises(LatentInputError, match="batch_size"):

@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image, ImageColor, ImageDraw
 
-from got_backend.chain import ChainError, parse_chain
-from got_backend.layout import (LayoutError, box_masks, box_to_pixels, color_canvases, layout_preview,
-                                uint8_to_signed)
+from got_backend.ssgm.chain import ChainError, parse_chain
+from got_backend.images import uint8_to_signed
+from got_backend.ssgm.layout import box_masks, box_to_pixels, color_canvases, layout_preview
+from got_backend.ssgm.sizes import SizeError
 
 BS, BE = "<|box_start|>", "<|box_end|>"
 # Sizes include ones where x/1000*W lands a hair below a whole number (e.g. 145/1000*200 = 28.999999999999996).
@@ -88,7 +89,7 @@ def test_unknown_colour_is_a_chain_error_naming_it() -> None:
 def test_bad_sizes() -> None:
     chain = parse_chain("")
     for width, height in [(0, 8), (8, -1), (8.0, 8), (True, 8)]:
-        with pytest.raises(LayoutError, match="positive whole number"):
+        with pytest.raises(SizeError, match="positive whole number"):
             box_masks(chain, width, height)
 
 

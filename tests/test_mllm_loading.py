@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from got_backend.fixtures import TinyRelease
-from got_backend.mllm import GoTMLLM, MLLMLoadError, resolve_dtype
-from got_backend.tokens import GotTokenizerError
+from got_backend.testing.fixtures import TinyRelease
+from got_backend.reasoning.mllm import GoTMLLM, MLLMLoadError, resolve_dtype
+from got_backend.reasoning.tokens import GotTokenizerError
 
 PROMPT = "two cats on a sofa"
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from got_backend.mllm import GoTMLLM
-from got_backend.positions import mrope_positions
-from got_backend.prompts import ImageInputError, MissingImageError, PromptError, condition_image
-from got_backend.reasoning import ChainNotReadyError, ConversationError, ReasoningCancelled, TokenEvent
-from got_backend.sampling import SamplingError
-from got_backend.tokens import BOI, ENDOFTEXT, IM_END, VISION_START
+from got_backend.reasoning.mllm import GoTMLLM
+from got_backend.reasoning.positions import mrope_positions
+from got_backend.images import ImageInputError, MissingImageError
+from got_backend.reasoning.prompts import PromptError, condition_image
+from got_backend.reasoning.turns import ChainNotReadyError, ConversationError, ReasoningCancelled, TokenEvent
+from got_backend.reasoning.sampling import SamplingError
+from got_backend.reasoning.tokens import BOI, ENDOFTEXT, IM_END, VISION_START
 from tests.steering import steer
 
 PROMPT = "a red ball left of a blue cube"

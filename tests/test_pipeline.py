@@ -14,17 +14,19 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-import got_backend.checkpoint
-import got_backend.mllm_files
-from got_backend.checkpoint import read_got_checkpoint
-from got_backend.denoise import Conditioning, DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
-from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
-from got_backend.latents import source_aspect_size
-from got_backend.layout import layout_preview
-from got_backend.models_dir import GoTFiles, ModelFilesError, load_vae, locate
+import got_backend.weights.checkpoint
+import got_backend.weights.mllm_files
+from got_backend.weights.checkpoint import read_got_checkpoint
+from got_backend.ssgm.branches import Conditioning
+from got_backend.ssgm.denoise import DenoiseError, ddpm_timesteps, denoise, sdxl_ddpm_scheduler
+from got_backend.ssgm.sizes import SizeError
+from got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, needed_branches
+from got_backend.ssgm.sizes import source_aspect_size
+from got_backend.ssgm.layout import layout_preview
+from got_backend.weights.models_dir import GoTFiles, ModelFilesError, load_vae, locate
 from got_backend.pipeline import (GoTPipeline, PipelineError, Progress, ReasoningSettings, RenderSettings,
                                   split_chain_turns)
-from got_backend.prompts import condition_image
+from got_backend.reasoning.prompts import condition_image
 from tests.steering import steer
 
 REF, REF_END, BOX, BOX_END = "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>"
@@ -121,7 +123,7 @@ def test_skipping_the_zero_weight_branch_keeps_the_latents_at_50_steps(pipeline:
 
 def test_conditioning_shapes_are_checked(pipeline: GoTPipeline) -> None:
     cond = condition(pipeline)
-    with pytest.raises(DenoiseError, match="needs"):
+    with pytest.raises(SizeError, match="needs"):
         denoise(pipeline.unet, cond, T2I_SCALES, width=128, height=64, steps=2,
                 generator=torch.Generator(), latent_dtype=torch.float32)
 
@@ -293,8 +295,8 @@ def test_released_files_load_and_match_the_converted_mllm(tmp_path: Path, tiny_r
         reads.append(args[0])
         return read_got_checkpoint(*args, **kwargs)
 
-    monkeypatch.setattr(got_backend.checkpoint, "read_got_checkpoint", counted_read)
-    monkeypatch.setattr(got_backend.mllm_files, "read_got_checkpoint", counted_read)
+    monkeypatch.setattr(got_backend.weights.checkpoint, "read_got_checkpoint", counted_read)
+    monkeypatch.setattr(got_backend.weights.mllm_files, "read_got_checkpoint", counted_read)
     models = tmp_path / "models"
     (models / "LLM").mkdir(parents=True)
     (models / "LLM" / "GoT-6B").symlink_to(tiny_release.got_release)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import NoRepeatNGramLogitsProcessor
 
-from got_backend.mllm import GoTMLLM
+from got_backend.reasoning.mllm import GoTMLLM
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

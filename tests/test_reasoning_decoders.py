@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from got_backend.decoding import PlainDecoder, TokenSequence
-from got_backend.fast_decode import MIN_CAPACITY, StaticDecoder, UnsupportedModelError
-from got_backend.mllm import GoTMLLM
-from got_backend.positions import PositionError, mrope_positions
-from got_backend.prompts import chat_messages, condition_image, instruction
+from got_backend.reasoning.decoding import PlainDecoder, TokenSequence
+from got_backend.reasoning.fast_decode import MIN_CAPACITY, StaticDecoder, UnsupportedModelError
+from got_backend.reasoning.mllm import GoTMLLM
+from got_backend.reasoning.positions import PositionError, mrope_positions
+from got_backend.reasoning.prompts import chat_messages, condition_image, instruction
 from tests.steering import steer
 
 PROMPT = "a red ball left of a blue cube"

@@ -12,7 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from got_backend.fixtures import POOLED_DIM, TEXT_HIDDEN, unet_config, vae_config
+from got_backend.testing.fixtures import POOLED_DIM, TEXT_HIDDEN, unet_config, vae_config
 
 SIZE = 64  # pixels; latents are 8x8
 CHAIN_TEXT = ("A <|object_ref_start|>red ball<|object_ref_end|><|box_start|>(100,120),(480,900)<|box_end|> (red) "
@@ -57,7 +57,7 @@ def comfy_vae(inproc):
 
 @pytest.fixture(scope="module")
 def chain(inproc):
-    return inproc.pack_module("got_backend.chain").parse_chain(CHAIN_TEXT)
+    return inproc.pack_module("got_backend.ssgm.chain").parse_chain(CHAIN_TEXT)
 
 
 def random_inputs(seed: int, batch: int = 1) -> dict[str, torch.Tensor]:
@@ -142,7 +142,7 @@ def real_sdxl_12ch_state_shapes() -> dict[str, torch.Tensor]:
 def test_real_size_unet_is_detected_as_sdxl(inproc):
     import comfy.supported_models
 
-    bridge = inproc.pack_module("nodes.comfy_bridge")
+    bridge = inproc.pack_module("nodes.unet_keys")
     config = inproc.pack_module("nodes.unet_loader").got_unet_config(bridge.diffusers_unet_to_comfy(real_sdxl_12ch_state_shapes()))
     assert config["in_channels"] == 12 and config["adm_in_channels"] == 2816 and config["context_dim"] == 2048
     assert config["transformer_depth"] == [0, 0, 2, 2, 10, 10] and config["transformer_depth_middle"] == 10
@@ -210,14 +210,14 @@ def test_lora_patches_the_got_unet(inproc, unet_path):
 # --- Mask from Boxes -------------------------------------------------------------------------------------------
 
 def test_mask_from_boxes(inproc, chain):
-    layout = inproc.pack_module("got_backend.layout")
+    layout = inproc.pack_module("got_backend.ssgm.layout")
     masks, preview = inproc.pack_module("nodes.layout").GoTMaskFromBoxes.execute(chain, 96, 64)
     assert masks.shape == (3, 64, 96) and torch.equal(masks, layout.box_masks(chain, 96, 64))
     assert preview.shape == (1, 64, 96, 3) and torch.equal(preview[0], layout.layout_preview(chain, 96, 64))
 
 
 def test_mask_from_boxes_without_boxes_and_with_an_unknown_colour(inproc):
-    chains = inproc.pack_module("got_backend.chain")
+    chains = inproc.pack_module("got_backend.ssgm.chain")
     node = inproc.pack_module("nodes.layout").GoTMaskFromBoxes
     masks, _ = node.execute(chains.parse_chain("A plain sky."), 64, 64)
     assert masks.shape == (1, 64, 64) and masks.sum() == 0
@@ -246,7 +246,7 @@ def test_comfyui_vae_encode_is_the_unscaled_mode(inproc, comfy_vae):
 
 
 def test_reference_encoder_text_to_image_is_black(inproc, comfy_vae):
-    latents = inproc.pack_module("got_backend.latents")
+    latents = inproc.pack_module("got_backend.ssgm.latents")
     reference, width, height = inproc.pack_module("nodes.reference").GoTReferenceEncoder.execute(comfy_vae, SIZE, 96)
     encode = inproc.pack_module("nodes.comfy_bridge").vae_encode_fn(comfy_vae)
     assert set(reference) == {"samples"} and reference["samples"].shape == (1, 4, 12, 8)
@@ -271,8 +271,8 @@ def test_reference_encoder_edit_equals_core_vae_encode_of_resized_image(inproc, 
 
 
 def test_reference_encoder_refuses_a_batch(inproc, comfy_vae):
-    latents = inproc.pack_module("got_backend.latents")
-    with pytest.raises(latents.LatentInputError, match="batch of 2 images"):
+    images = inproc.pack_module("got_backend.images")
+    with pytest.raises(images.ImageInputError, match="batch of 2 images"):
         inproc.pack_module("nodes.reference").GoTReferenceEncoder.execute(comfy_vae, SIZE, SIZE, torch.rand(2, 64, 64, 3))
 
 
@@ -280,8 +280,8 @@ def test_reference_encoder_refuses_a_batch(inproc, comfy_vae):
 
 def make_branches(inproc, seed: int):
     inputs = random_inputs(seed)
-    guider = inproc.pack_module("nodes.guider")
-    branches = guider.branch_conditionings(inputs["context"], inputs["null_context"], inputs["pooled"],
+    conditioner = inproc.pack_module("nodes.conditioner")
+    branches = conditioner.branch_conditionings(inputs["context"], inputs["null_context"], inputs["pooled"],
                                            inputs["reference"], inputs["spatial"], SIZE, SIZE)
     return inputs, branches
 
@@ -319,7 +319,7 @@ def test_guider_step_equals_four_branches_and_the_formula(inproc, got_model, sca
     branches needed run as ONE UNet call (batch 3 at the t2i defaults, where U has weight 0; batch 4 for edits)."""
     import comfy.samplers
 
-    guidance = inproc.pack_module("got_backend.guidance")
+    guidance = inproc.pack_module("got_backend.ssgm.guidance")
     inputs, branches = make_branches(inproc, 4)
     node = inproc.pack_module("nodes.guider").GoTGuiderNode
     (guider,) = node.execute(got_model, branches, *scales)
@@ -388,12 +388,12 @@ def test_ssgm_conditioner_builds_gots_guidance(inproc, managed_mllm, comfy_vae):
     reasoning = managed_mllm.got.user_chain("a red ball next to a blue cube", CHAIN_TEXT + "<|im_gen_start|>")
     chain = types.reasoned_chain(reasoning.text, reasoning)
     (reference, *_) = inproc.pack_module("nodes.reference").GoTReferenceEncoder.execute(comfy_vae, SIZE, SIZE)
-    node = inproc.pack_module("nodes.guider").GoTSSGMConditioner
+    node = inproc.pack_module("nodes.conditioner").GoTSSGMConditioner
     positive, negative, branches = node.execute(managed_mllm, chain, comfy_vae, reference, SIZE, SIZE)
 
     guidance = managed_mllm.got.semantic_guidance(reasoning)
     encode = inproc.pack_module("nodes.comfy_bridge").vae_encode_fn(comfy_vae)
-    spatial = inproc.pack_module("got_backend.latents").spatial_latent(chain, encode, SIZE, SIZE)
+    spatial = inproc.pack_module("got_backend.ssgm.latents").spatial_latent(chain, encode, SIZE, SIZE)
     assert positive is branches["C"] and negative is branches["U"]
     [[c, pos]], [[c0, neg]] = positive, negative
     assert c.shape == (1, 64, TEXT_HIDDEN) and torch.allclose(c, guidance.context.float(), atol=1e-6)
@@ -410,9 +410,9 @@ def test_ssgm_conditioner_builds_gots_guidance(inproc, managed_mllm, comfy_vae):
 def test_ssgm_conditioner_refuses_a_reference_of_another_size(inproc, managed_mllm, comfy_vae):
     types = inproc.pack_module("nodes.types")
     reasoning = managed_mllm.got.user_chain("a red ball", CHAIN_TEXT + "<|im_gen_start|>")
-    guider = inproc.pack_module("nodes.guider")
-    with pytest.raises(guider.ReferenceLatentError, match=r"same width and height"):
-        guider.GoTSSGMConditioner.execute(managed_mllm, types.reasoned_chain(reasoning.text, reasoning), comfy_vae,
+    conditioner, sizes = inproc.pack_module("nodes.conditioner"), inproc.pack_module("got_backend.ssgm.sizes")
+    with pytest.raises(sizes.SizeError, match=r"same width and height"):
+        conditioner.GoTSSGMConditioner.execute(managed_mllm, types.reasoned_chain(reasoning.text, reasoning), comfy_vae,
                                           {"samples": torch.zeros(1, 4, 16, 16)}, SIZE, SIZE)
 
 

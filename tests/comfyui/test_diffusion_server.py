@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from got_backend.fixtures import unet_config
+from got_backend.testing.fixtures import unet_config
 
 DIFFUSION_NODES = {"GoTUNetLoader": "GoT/loaders", "GoTMaskFromBoxes": "GoT/layout",
                    "GoTReferenceEncoder": "GoT/conditioning", "GoTSSGMConditioner": "GoT/conditioning",

@@ -11,7 +11,7 @@ import weakref
 import pytest
 import torch
 
-from got_backend.tokens import BOI, ENDOFTEXT, VISION_START
+from got_backend.reasoning.tokens import BOI, ENDOFTEXT, VISION_START
 
 PROMPT = "a red ball left of a blue cube"
 CHAIN = ("A <|object_ref_start|>red ball<|object_ref_end|><|box_start|>(100,300),(480,800)<|box_end|> (red) left of a "
@@ -287,7 +287,7 @@ def test_chain_parser_passes_the_connected_chain_on_unless_edited(nodes, managed
 
 
 def test_chain_parser_errors_say_where(inproc, nodes):
-    chain_errors = inproc.pack_module("got_backend.chain").ChainError
+    chain_errors = inproc.pack_module("got_backend.ssgm.chain").ChainError
     with pytest.raises(chain_errors, match="there is no chain"):
         nodes["parse"]("", None)
     broken = "A <|object_ref_start|>ball<|object_ref_end|><|box_start|>(10,x),(20,30)<|box_end|> (red)"

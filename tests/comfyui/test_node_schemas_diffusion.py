@@ -19,7 +19,7 @@ def test_the_reference_image_is_optional(node_classes):
 
 
 def test_guider_defaults_are_gots_text_to_image_scales(inproc, node_classes):
-    scales = inproc.pack_module("got_backend.guidance").T2I_SCALES
+    scales = inproc.pack_module("got_backend.ssgm.guidance").T2I_SCALES
     inputs = node_classes["GoTGuider"].INPUT_TYPES()["required"]
     assert [inputs[name][1]["default"] for name in ("a_t", "a_s", "a_r")] == [7.5, 4.0, 1.0] == list(scales)
     for name, edit in (("a_t", 4.0), ("a_s", 3.0), ("a_r", 1.5)):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from got_backend.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
+from got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
 from got_backend.pipeline import GoTPipeline, ReasoningSettings, RenderSettings
 
 SDXL_SCALING = 0.13025  # ComfyUI's LATENTs are unscaled; the pipeline's final latents are scaled

@@ -9,13 +9,15 @@ text-to-image defaults), which gives the same latents up to float rounding (test
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .guidance import BRANCH_INPUTS, BRANCHES, GuidanceScales, combine_branches, combine_got_cfg, needed_branches
+from .branches import Conditioning, add_time_ids, branch_batch
+from .guidance import BRANCHES, GuidanceScales, combine_branches, combine_got_cfg, needed_branches
+from .sizes import check_output_size
+from ..errors import GoTError
 
 # SDXL-base's scheduler_config.json, which the reference loads (clip_sample and thresholding off).
 SDXL_SCHEDULER_CONFIG = {
@@ -29,7 +31,7 @@ DEFAULT_SEED = 42
 StepCallback = Callable[[int, int], None]  # (steps done, steps in all)
 
 
-class DenoiseError(ValueError):
+class DenoiseError(GoTError):
     """Inputs to the denoising loop that do not fit together."""
 
 
@@ -54,45 +56,6 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-@dataclass(frozen=True)
-class Conditioning:
-    """Everything the UNet is conditioned on, for one image (batch 1)."""
-
-    context: torch.Tensor  # c [1, 64, D]: output_projector(h)
-    null_context: torch.Tensor  # c0 [1, 64, D]: output_projector(0)
-    pooled: torch.Tensor  # p [1, P]: SDXL's text_embeds, never nulled
-    reference: torch.Tensor  # [1, 4, h, w] VAE mode of the source (black for text-to-image), unscaled
-    spatial: torch.Tensor  # [1, 4, h, w] mean VAE mode of the coloured boxes, unscaled
-
-    def check(self, width: int, height: int) -> None:
-        latent = (1, 4, height // 8, width // 8)
-        for name in ("reference", "spatial"):
-            if tuple(getattr(self, name).shape) != latent:
-                raise DenoiseError(f"the {name} latent has shape {tuple(getattr(self, name).shape)}, but a "
-                                   f"{width}x{height} image needs {latent}; encode it at the output size")
-        if self.context.shape != self.null_context.shape:
-            raise DenoiseError(f"context {tuple(self.context.shape)} and null context "
-                               f"{tuple(self.null_context.shape)} differ in shape")
-
-
-def add_time_ids(width: int, height: int) -> torch.Tensor:
-    """SDXL's micro-conditioning: original size (H, W), crop top-left (0, 0), target size (H, W)."""
-    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32)
-
-
-def branch_batch(cond: Conditioning, branches: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The UNet's cross-attention context [B, 64, D] and extra input channels [B, 8, h, w] (reference,
-    spatial) for `branches`, in that order (GOT_SPEC §9's table)."""
-    contexts, extras = [], []
-    for name in branches:
-        inputs = BRANCH_INPUTS[name]
-        contexts.append(cond.context if inputs.context == "c" else cond.null_context)
-        reference = cond.reference if inputs.reference else torch.zeros_like(cond.reference)
-        spatial = cond.spatial if inputs.spatial else torch.zeros_like(cond.spatial)
-        extras.append(torch.cat([reference, spatial], dim=1))
-    return torch.cat(contexts), torch.cat(extras)
-
-
 def initial_latents(width: int, height: int, generator: torch.Generator, dtype: torch.dtype,
                     device: torch.device, scheduler: DDPMScheduler) -> torch.Tensor:
     """The starting noise [1, 4, H/8, W/8], drawn in `dtype` (the reference uses the VAE's dtype)."""
@@ -110,8 +73,7 @@ def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScal
     `generator` draws the starting noise and then, as in the reference, the noise each DDPM step adds.
     Latents stay in `latent_dtype`; the UNet's inputs are cast to the UNet's dtype and its prediction back.
     """
-    if width % 8 or height % 8:
-        raise DenoiseError(f"the output size {width}x{height} must be a multiple of 8 (the VAE downsamples by 8)")
+    check_output_size(width, height)
     cond.check(width, height)
     device, unet_dtype = unet.device, unet.dtype
     scheduler = sdxl_ddpm_scheduler()
@@ -137,11 +99,3 @@ def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScal
         if on_step is not None:
             on_step(index + 1, steps)
     return latents
-
-
-def decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Final latents -> pixels [1, 3, H, W] float32 in [0, 1]: latents / scaling factor through the VAE, then
-    (x / 2 + 0.5) clamped, computed in the VAE's dtype as the reference does."""
-    with torch.no_grad():
-        pixels = vae.decode(latents.to(vae.device, vae.dtype) / vae.config.scaling_factor).sample
-    return (pixels / 2 + 0.5).clamp(0, 1).float()

@@ -10,19 +10,20 @@ from typing import Literal
 from .decoding import Decoder, TokenSequence
 from .prompts import Task
 from .sampling import TokenPicker
+from ..errors import GoTError
 
 StopReason = Literal["boi", "vision_start", "endoftext", "max_tokens"]
 
 
-class ReasoningCancelled(RuntimeError):
+class ReasoningCancelled(GoTError):
     """The caller's cancel check asked to stop; the KV cache was dropped."""
 
 
-class ChainNotReadyError(ValueError):
+class ChainNotReadyError(GoTError):
     """Semantic tokens were asked for a chain that does not end with <|im_gen_start|>."""
 
 
-class ConversationError(ValueError):
+class ConversationError(GoTError):
     """A multi-turn continuation that does not fit where the conversation stopped."""
 
 

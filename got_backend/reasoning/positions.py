@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from ..errors import GoTError
 
 
-class PositionError(ValueError):
+class PositionError(GoTError):
     """The image pads of a token sequence do not match the images given for it."""
 
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 import torch
 from PIL import ImageColor
 
+from ..images import uint8_to_signed
 from .chain import GRID, ChainError, GoTChain, GoTObject
+from .sizes import check_canvas_size
 
 PREVIEW_BACKGROUND = (0.12, 0.12, 0.13)
 PREVIEW_GRID_LINE = (0.2, 0.2, 0.22)
 PREVIEW_UNCOLORED = (0.75, 0.75, 0.75)  # boxes without a colour: the reference draws them nowhere
 PREVIEW_FILL_ALPHA = 0.35
-
-
-class LayoutError(ValueError):
-    """A canvas size that cannot be drawn on."""
 
 
 def box_to_pixels(box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, float, float, float]:
@@ -38,7 +36,7 @@ def pixel_extent(box: tuple[int, int, int, int], width: int, height: int) -> tup
 
 def box_masks(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[N, H, W] float32, 1 inside each object's box (every object, coloured or not), 0 elsewhere."""
-    _check_size(width, height)
+    check_canvas_size(width, height)
     masks = torch.zeros(len(chain.objects), height, width, dtype=torch.float32)
     for mask, obj in zip(masks, chain.objects):
         c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
@@ -58,7 +56,7 @@ def color_rgb(obj: GoTObject, index: int) -> tuple[int, int, int]:
 
 def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[N, 3, H, W] float32 in [-1, 1]: per coloured object a black canvas with its box filled in its colour."""
-    _check_size(width, height)
+    check_canvas_size(width, height)
     colored = [(i, obj) for i, obj in enumerate(chain.objects) if obj.color is not None]
     canvases = torch.zeros(len(colored), 3, height, width, dtype=torch.uint8)
     for canvas, (index, obj) in zip(canvases, colored):
@@ -67,15 +65,10 @@ def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     return uint8_to_signed(canvases)
 
 
-def uint8_to_signed(pixels: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels to float32 in [-1, 1] as torchvision's ToTensor + Normalize(0.5, 0.5) compute it."""
-    return pixels.to(torch.float32).div(255).sub(0.5).div(0.5)
-
-
 def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[H, W, 3] in [0, 1]: every box as a translucent fill with a solid outline, in its colour (uncoloured
     boxes in grey), later boxes on top, over a dark background with a faint line every 100 grid units."""
-    _check_size(width, height)
+    check_canvas_size(width, height)
     image = torch.tensor(PREVIEW_BACKGROUND).repeat(height, width, 1)
     for k in range(1, 10):
         image[:, min(int(k * 100 / GRID * width), width - 1)] = torch.tensor(PREVIEW_GRID_LINE)
@@ -95,9 +88,3 @@ def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
 
 def _describe(obj: GoTObject) -> str:
     return f"box {obj.box}" if obj.phrase is None else f"{obj.phrase!r}, box {obj.box}"
-
-
-def _check_size(width: int, height: int) -> None:
-    for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise LayoutError(f"{name} must be a positive whole number of pixels, got {value!r}")

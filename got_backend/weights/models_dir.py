@@ -21,6 +21,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config
 from .state_dicts import CheckpointError, load_tensor_file
+from ..errors import GoTError
 
 DEFAULT_NAME = "GoT-6B"
 QWEN_BASE_NAME = "Qwen2.5-VL-3B-Instruct"
@@ -32,7 +33,7 @@ LDM_VAE_MARKER = "encoder.down.0.block.0.conv1.weight"
 DiffusersModel = TypeVar("DiffusersModel", UNet2DConditionModel, AutoencoderKL)
 
 
-class ModelFilesError(ValueError):
+class ModelFilesError(GoTError):
     """GoT's files are missing from the models folder, or are not what their names say."""
 
 

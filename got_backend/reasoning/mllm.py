@@ -20,15 +20,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .checkpoint import GoTWeights
+from ..weights.checkpoint import GoTWeights
 from .decoding import (Decoder, PlainDecoder, TokenSequence, VisionInput, forward_sequence, model_device,
                        weights_signature)
 from .fast_decode import StaticDecoder, UnsupportedModelError
-from .mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
+from ..weights.mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
-from .prompts import (ImageInput, MissingImageError, PromptError, Task, chat_messages, condition_image,
+from ..images import MissingImageError
+from .prompts import (ImageInput, PromptError, Task, chat_messages, condition_image,
                       instruction)
-from .reasoning import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
+from .turns import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
                         generate_turn)
 from .sampling import LogitsProcessor, SamplingSettings, TokenPicker
 from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project

@@ -16,15 +16,16 @@ from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from .checkpoint import GoTWeights, read_got_checkpoint
 from .qwen_names import load_qwen_config
-from .semantic import projectors_from_state
-from .tokens import add_got_tokens, resolve_got_tokens
+from ..reasoning.semantic import projectors_from_state
+from ..reasoning.tokens import add_got_tokens, resolve_got_tokens
+from ..errors import GoTError
 
 PROJECTORS_FILE = "got_projectors.safetensors"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
 
 
-class MLLMLoadError(ValueError):
+class MLLMLoadError(GoTError):
     """The MLLM folder is missing files or does not fit GoT."""
 
 

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from .decoding import Decoder, cache_pairs, dynamic_cache, forward_segment, model_device, text_decoder
+from ..errors import GoTError
 
 log = logging.getLogger(__name__)
 
 MIN_CAPACITY = 256
 
 
-class UnsupportedModelError(RuntimeError):
+class UnsupportedModelError(GoTError):
     """The model's structure is not the one the static step reproduces; use the plain decoder."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from ..errors import GoTError
 
 INDEX_NAMES = ("pytorch_model.bin.index.json", "model.safetensors.index.json")
 SINGLE_NAMES = ("pytorch_model.bin", "model.safetensors")
@@ -16,7 +17,7 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GoTError):
     """A checkpoint file or folder cannot be used; the message says which file and what to do."""
 
 

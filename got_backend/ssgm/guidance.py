@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+from ..errors import GoTError
 
 BRANCHES = ("C", "T", "I", "U")
 
@@ -45,7 +46,7 @@ BRANCH_INPUTS = {
 }
 
 
-class GuidanceError(ValueError):
+class GuidanceError(GoTError):
     """Branch predictions that do not fit the guidance asked for."""
 
 

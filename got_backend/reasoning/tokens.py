@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from ..errors import GoTError
 
 BOI = "<|im_gen_start|>"
 EOI = "<|im_gen_end|>"
@@ -28,7 +29,7 @@ EXPECTED_IDS = {
 EMBEDDING_ROWS = 151936
 
 
-class GotTokenizerError(ValueError):
+class GotTokenizerError(GoTError):
     """The tokenizer does not carry GoT's tokens at GoT's ids."""
 
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 
 import torch
+from ..errors import GoTError
 
 SDXL_HEAD_CHANNELS = 64
 SDXL_ADD_TIME_DIM = 256  # SDXL's `addition_time_embed_dim`: 6 time ids x 256 sinusoid channels
@@ -18,7 +19,7 @@ SDXL_VAE_SCALING = 0.13025
 Shapes = Mapping[str, torch.Size]
 
 
-class ConfigInferenceError(ValueError):
+class ConfigInferenceError(GoTError):
     """The tensors do not form a UNet/VAE of the supported (SDXL-like) structure."""
 
 

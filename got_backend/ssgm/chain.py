@@ -26,7 +26,8 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 
-from .tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START, VISION_END
+from ..reasoning.tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START
+from ..errors import GoTError
 
 GRID = 1000
 _PHRASE_FORBIDDEN = (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END)
@@ -41,7 +42,7 @@ _COLOR_WORD = re.compile(r"\w+")
 _SNIPPET = 48  # characters of a broken box quoted in its issue
 
 
-class ChainError(ValueError):
+class ChainError(GoTError):
     """Text that cannot be read as (or turned into) a GoT chain; says where and why."""
 
     def __init__(self, reason: str, position: int | None = None) -> None:

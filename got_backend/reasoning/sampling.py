@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from ..errors import GoTError
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [1, N], scores [1, V])
 
 
-class SamplingError(ValueError):
+class SamplingError(GoTError):
     """Sampling settings out of range."""
 
 

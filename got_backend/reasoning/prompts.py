@@ -4,29 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from PIL import Image
 
-from .latents import LatentInputError, check_rgb_image, to_uint8_pil
+from ..errors import GoTError
+from ..images import ImageInput, as_rgb_image
 
 T2I_INSTRUCTION = "Follow the caption to generate an image through a chain of thought process: {prompt}"
 EDIT_INSTRUCTION = "Follow the instruction to edit the given image through a chain of thought process: {prompt}"
 CONDITION_IMAGE_SIZE = 448  # squashed to 448x448 -> 32x32 patches -> 256 <|image_pad|> tokens
 
 Task = Literal["t2i", "edit"]
-ImageInput = Image.Image | torch.Tensor
 
 
-class PromptError(ValueError):
+class PromptError(GoTError):
     """The prompt cannot be sent to the MLLM (empty, or an unknown task)."""
-
-
-class ImageInputError(LatentInputError):
-    """An input image is batched, not RGB, or not an image."""
-
-
-class MissingImageError(ImageInputError):
-    """A step that needs an input image got none."""
 
 
 def instruction(prompt: str, task: Task) -> str:
@@ -47,22 +38,6 @@ def chat_messages(text: str, with_image: bool) -> list[dict]:
     if with_image:
         content.insert(0, {"type": "image"})
     return [{"role": "user", "content": content}]
-
-
-def as_rgb_image(image: ImageInput, what: str = "image") -> Image.Image:
-    """A PIL RGB image from a PIL RGB image or a float tensor [1, 3, H, W] (or [3, H, W]) in [0, 1]."""
-    if isinstance(image, Image.Image):
-        if image.mode != "RGB":
-            raise ImageInputError(f"the {what} is a {image.mode} image; GoT reads RGB images: "
-                                  "convert it first (e.g. image.convert('RGB'))")
-        return image
-    if not isinstance(image, torch.Tensor):
-        raise ImageInputError(f"the {what} must be a PIL image or a [1, 3, H, W] tensor in [0, 1], "
-                              f"not {type(image).__name__}")
-    try:
-        return to_uint8_pil(check_rgb_image(image.unsqueeze(0) if image.ndim == 3 else image))
-    except LatentInputError as err:
-        raise ImageInputError(f"the {what}: {err}") from err
 
 
 def condition_image(image: ImageInput, what: str = "image") -> Image.Image:

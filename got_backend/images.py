@@ -1,0 +1,86 @@
+"""Input images, shared by reasoning (the MLLM's view) and SSGM (the reference latent): one validator and the
+uint8 conversions the reference's PIL path implies (round(x * 255), the inverse of ComfyUI's LoadImage)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import GoTError
+
+ImageInput = Image.Image | torch.Tensor
+
+
+class ImageInputError(GoTError):
+    """An input image that is batched, not RGB, out of range, or not an image."""
+
+
+class MissingImageError(ImageInputError):
+    """A step that needs an input image got none."""
+
+
+def check_rgb_image(image: torch.Tensor) -> torch.Tensor:
+    """`image` if it is one RGB image [1, 3, H, W] of finite floats in [0, 1]; otherwise an ImageInputError
+    that says how to fix it."""
+    if not isinstance(image, torch.Tensor):
+        raise ImageInputError(f"expected the image as a torch tensor [1, 3, H, W], got {type(image).__name__}")
+    shape = tuple(image.shape)
+    if image.dim() != 4:
+        hint = " (add the batch dimension: image[None])" if image.dim() == 3 else ""
+        raise ImageInputError(f"expected one image shaped [1, 3, H, W], got shape {list(shape)}{hint}")
+    if shape[1] != 3:
+        raise ImageInputError(f"expected an RGB image [1, 3, H, W], got shape {list(shape)}: {_channel_hint(shape)}")
+    if shape[0] != 1:
+        raise ImageInputError(f"got a batch of {shape[0]} images; GoT edits one image at a time: pick one "
+                              f"(ComfyUI's 'ImageFromBatch' node, or image[i:i+1])")
+    if shape[2] == 0 or shape[3] == 0:
+        raise ImageInputError(f"the image is empty (shape {list(shape)})")
+    if not image.is_floating_point():
+        raise ImageInputError(f"expected float pixels in [0, 1], got dtype {image.dtype} "
+                              f"(for 0..255 values use image.float() / 255)")
+    low, high = image.min().item(), image.max().item()
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ImageInputError("the image holds NaN or infinite values")
+    if low < 0 or high > 1:
+        hint = " (it looks like [-1, 1]: use (image + 1) / 2)" if low >= -1 and high <= 1 else ""
+        raise ImageInputError(f"pixel values must lie in [0, 1], found {low:.4g}..{high:.4g}{hint}")
+    return image
+
+
+def to_uint8_pil(image: torch.Tensor) -> Image.Image:
+    """A checked [1, 3, H, W] image in [0, 1] as an RGB PIL image (round(x * 255))."""
+    levels = image[0].detach().to("cpu", torch.float32).mul(255).round().to(torch.uint8)
+    return Image.fromarray(levels.permute(1, 2, 0).contiguous().numpy())
+
+
+def as_rgb_image(image: ImageInput, what: str = "image") -> Image.Image:
+    """A PIL RGB image from a PIL RGB image or a float tensor [1, 3, H, W] (or [3, H, W]) in [0, 1]."""
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            raise ImageInputError(f"the {what} is a {image.mode} image; GoT reads RGB images: "
+                                  "convert it first (e.g. image.convert('RGB'))")
+        return image
+    if not isinstance(image, torch.Tensor):
+        raise ImageInputError(f"the {what} must be a PIL image or a [1, 3, H, W] tensor in [0, 1], "
+                              f"not {type(image).__name__}")
+    try:
+        return to_uint8_pil(check_rgb_image(image.unsqueeze(0) if image.ndim == 3 else image))
+    except ImageInputError as err:
+        raise ImageInputError(f"the {what}: {err}") from err
+
+
+def uint8_to_signed(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 in [-1, 1] as torchvision's ToTensor + Normalize(0.5, 0.5) compute it."""
+    return pixels.to(torch.float32).div(255).sub(0.5).div(0.5)
+
+
+def _channel_hint(shape: tuple[int, ...]) -> str:
+    channels = shape[1]
+    if shape[-1] in (1, 3, 4) and channels not in (1, 3, 4):
+        return "this looks channels-last [B, H, W, C] (ComfyUI's IMAGE layout); use image.permute(0, 3, 1, 2)"
+    if channels == 1:
+        return "a grayscale image; repeat it to three channels with image.expand(-1, 3, -1, -1)"
+    if channels == 4:
+        return "an RGBA image; drop the alpha channel with image[:, :3] (or composite it over a background first)"
+    return f"{channels} channels; convert the image to RGB"
