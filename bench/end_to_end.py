@@ -129,7 +129,7 @@ class Stages:
 
 def released_loop(mllm: GoTMLLM, unet: torch.nn.Module, vae: torch.nn.Module, forced: list[int],
                   render: RenderSettings, device: str) -> tuple[Stages, str]:
-    """GoT's released generate() for one image, stage by stage (GOT_SPEC §4-§9)."""
+    """GoT's released generate() for one image, stage by stage (docs/ALGORITHM.md §4-§9)."""
     stages = Stages(device)
     chat = mllm.processor.apply_chat_template(chat_messages(instruction(PROMPT, "t2i"), False), tokenize=False,
                                               add_generation_prompt=True)

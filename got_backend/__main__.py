@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--qwen", type=Path, help="the Qwen2.5-VL-3B-Instruct folder (with --release)")
     where.add_argument("--smoke", action="store_true",
                        help="build tiny random models in a temporary folder and run on them (CPU, < 1 min)")
-    render = gen.add_argument_group("rendering (GOT_SPEC §9)")
+    render = gen.add_argument_group("rendering (docs/ALGORITHM.md §9)")
     render.add_argument("--width", type=int, default=None, help="render width (default 1024; smoke 128)")
     render.add_argument("--height", type=int, default=None, help="render height (default 1024; smoke 128)")
     render.add_argument("--steps", type=int, default=None, help="DDPM steps (default 50; smoke 8)")

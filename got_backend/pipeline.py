@@ -1,4 +1,4 @@
-"""GoT end to end without ComfyUI, step by step as GOT_SPEC §4-§10 describe the reference inference.
+"""GoT end to end without ComfyUI, step by step as docs/ALGORITHM.md §4-§10 describe the reference inference.
 
     pipeline = GoTPipeline.from_models_dir("ComfyUI/models", device="cuda")
     result = pipeline.generate("a red apple on a blue plate")             # text to image

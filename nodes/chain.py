@@ -1,4 +1,4 @@
-"""GoT Chain Parser: the editable plan (interactive generation, GOT_SPEC §5).
+"""GoT Chain Parser: the editable plan (interactive generation, docs/ALGORITHM.md §5).
 
 Connect a Reasoner's chain and leave the text empty: the chain passes through unchanged (the semantic tokens
 then reuse the reasoner's KV cache). Paste the reasoner's text, change a phrase, a box or a colour, and re-queue:

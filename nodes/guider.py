@@ -13,7 +13,7 @@ from .types import Conditioning, GotBranches
 
 
 class GoTGuider(comfy.samplers.CFGGuider):
-    """GOT_SPEC §9's guidance: eps = sum over branches of w_b eps_b, the branches batched into one UNet call by
+    """docs/ALGORITHM.md §9's guidance: eps = sum over branches of w_b eps_b, the branches batched into one UNet call by
     ComfyUI's calc_cond_batch (where memory allows) and branches of weight 0 not run.
 
     calc_cond_batch returns denoised predictions x - sigma * eps_b rather than eps_b; GoT's branch weights sum to

@@ -99,7 +99,7 @@ class ManagedMLLM:
         return self.got
 
     def semantic_guidance(self, chain: GoTChain) -> SemanticGuidance:
-        """GOT_SPEC §6 for a GOT_CHAIN value: the reasoner's KV cache is reused while the chain text is
+        """docs/ALGORITHM.md §6 for a GOT_CHAIN value: the reasoner's KV cache is reused while the chain text is
         unedited; an edited chain is re-read in one full forward."""
         reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
         return self.loaded().semantic_guidance(reasoning, chain.text)

@@ -5,7 +5,7 @@ progress-text preview) and stop on Cancel: the backend checks ComfyUI's interrup
 its KV cache, and the node raises ComfyUI's InterruptProcessingException outside the exception handler, so no
 traceback keeps the cache's tensors alive.
 
-Multi-turn editing (GOT_SPEC §10) unrolls in the graph: Reasoner -> render -> Next Turn (with the rendered image)
+Multi-turn editing (docs/ALGORITHM.md §10) unrolls in the graph: Reasoner -> render -> Next Turn (with the rendered image)
 -> render -> ...; a graph has a fixed number of turns, so a conversation that ends earlier stops the next turn
 with an error saying so.
 """
@@ -189,7 +189,7 @@ class GoTNextTurn(io.ComfyNode):
             node_id="GoTNextTurn",
             display_name="GoT Next Turn",
             category="GoT/reasoning",
-            description="Continues a multi-turn GoT reasoning (GOT_SPEC §10) after its image was rendered: the "
+            description="Continues a multi-turn GoT reasoning (docs/ALGORITHM.md §10) after its image was rendered: the "
                         "conversation goes on, the rendered image is shown to the MLLM when it asks for it, and "
                         "the next turn's chain comes out (its boxes only). Chain several for several turns.",
             inputs=[

@@ -1,4 +1,4 @@
-"""GoT Reference Encoder: the source image as GoT's reference latent (GOT_SPEC §8).
+"""GoT Reference Encoder: the source image as GoT's reference latent (docs/ALGORITHM.md §8).
 
 The latent is an ordinary ComfyUI LATENT: ComfyUI keeps every LATENT unscaled (a model multiplies by its VAE
 scaling factor, 0.13025 for SDXL, only inside sampling), which is exactly the space GoT's reference channels use.

@@ -24,7 +24,7 @@ import folder_paths
 from .unet_keys import UNetWeightsError, comfy_unet_state
 from ..got_backend.errors import GoTError
 
-GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), GOT_SPEC §9
+GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), docs/ALGORITHM.md §9
 SDXL_TIME_IDS_DIM = 6 * 256  # SDXL's six size/crop embeddings beside the pooled vector in the ADM input
 
 WEIGHT_DTYPES = {

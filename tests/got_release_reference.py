@@ -1,4 +1,4 @@
-"""The tiny release read the plain way, straight from GOT_SPEC §2, as the reference the loader is checked against.
+"""The tiny release read the plain way, straight from docs/ALGORITHM.md §2, as the reference the loader is checked against.
 
 Deliberately independent of got_backend's reader: all shards loaded at once, LoRA merged with the formula
 written out here, names compared in transformers-4.49 spelling (`to_transformers_449_name` of an installed name).

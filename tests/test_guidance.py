@@ -1,4 +1,4 @@
-"""Guidance: the formula of GOT_SPEC §9, its branch weights, and skipping branches of weight zero."""
+"""Guidance: the formula of docs/ALGORITHM.md §9, its branch weights, and skipping branches of weight zero."""
 
 from __future__ import annotations
 

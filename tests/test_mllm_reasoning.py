@@ -1,5 +1,5 @@
 """The reasoner's behaviour on the tiny converted GoT model: stops, limits, prefixes, streaming, cancel,
-determinism, multi-turn editing (GOT_SPEC §10), semantic guidance (§6) with and without KV reuse, edited
+determinism, multi-turn editing (docs/ALGORITHM.md §10), semantic guidance (§6) with and without KV reuse, edited
 chains and bad input. Stops are reached with logits processors, the public hook `reason` offers."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def reference_hidden_states(mllm: GoTMLLM, ids: tuple[int, ...], images: list[Im
 
 
 def assert_projected(mllm: GoTMLLM, guidance, h: torch.Tensor) -> None:
-    """context = P h, pooled = mean(P_add h), null = P 0 (GOT_SPEC §6), checked by hand."""
+    """context = P h, pooled = mean(P_add h), null = P 0 (docs/ALGORITHM.md §6), checked by hand."""
     w, b = mllm.output_projector.weight, mllm.output_projector.bias
     w_add, b_add = mllm.output_projector_add.weight, mllm.output_projector_add.bias
     torch.testing.assert_close(guidance.hidden_states, h, rtol=1e-5, atol=1e-5)
@@ -231,7 +231,7 @@ def test_semantic_guidance_refuses_chains_without_im_gen_start(mllm: GoTMLLM) ->
         mllm.semantic_guidance(chain, "<|image_pad|>" + BOI)
 
 
-# Multi-turn editing (GOT_SPEC §10)
+# Multi-turn editing (docs/ALGORITHM.md §10)
 
 def test_multi_turn_edit_follows_the_reference_loop(mllm: GoTMLLM, source: torch.Tensor) -> None:
     tokens = mllm.tokens

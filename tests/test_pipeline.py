@@ -59,7 +59,7 @@ def condition(pipeline: GoTPipeline, chain: str = CHAIN, reference: Image.Image 
 
 
 def released_loop(unet, cond: Conditioning, scales: GuidanceScales, size: int, steps: int, seed: int) -> torch.Tensor:
-    """The released GoT loop transcribed from GOT_SPEC §9: SDXL's DDPM config, one generator for the start noise
+    """The released GoT loop transcribed from docs/ALGORITHM.md §9: SDXL's DDPM config, one generator for the start noise
     and every step, the four branches C, T, I, U in one batch-4 UNet call, the guidance formula term by term."""
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, prediction_type="epsilon", timestep_spacing="leading",

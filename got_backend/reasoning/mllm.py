@@ -1,7 +1,7 @@
 """GoT's reasoner: the Qwen2.5-VL MLLM that writes the chain and yields the semantic tokens.
 
 `GoTMLLM` loads the MLLM and GoT's two projectors, writes reasoning chains (`reason`, continued turn by turn
-with `continue_reasoning` for GOT_SPEC §10), takes user-written or edited chains (`user_chain`, `edit_chain`)
+with `continue_reasoning` for docs/ALGORITHM.md §10), takes user-written or edited chains (`user_chain`, `edit_chain`)
 and computes semantic guidance (`semantic_guidance`, §6). One KV cache is kept between calls so that semantic
 tokens and continuations reuse the generation's cache; `release_caches` (also done on cancel and on any
 failure) frees it.
@@ -170,7 +170,7 @@ class GoTMLLM:
                            logits_processor: Sequence[LogitsProcessor] = (),
                            on_token: Callable[[TokenEvent], None] | None = None,
                            should_cancel: Callable[[], bool] | None = None) -> Reasoning:
-        """The next turn of a multi-turn reasoning (GOT_SPEC §10), as the reference continues it:
+        """The next turn of a multi-turn reasoning (docs/ALGORITHM.md §10), as the reference continues it:
         after <|im_gen_start|> the 64 image-query tokens are appended; after <|vision_start|> `image` (the last
         rendered output) is appended as 256 image pads; after the token limit generation just goes on.
         `assistant_prefix` is text the new turn starts with (a replayed or edited turn), as in `reason`."""
@@ -219,7 +219,7 @@ class GoTMLLM:
     # Semantic guidance
 
     def semantic_guidance(self, reasoning: Reasoning, chain_text: str | None = None) -> SemanticGuidance:
-        """GOT_SPEC §6 for a turn that ends with <|im_gen_start|>. With `chain_text` different from the
+        """docs/ALGORITHM.md §6 for a turn that ends with <|im_gen_start|>. With `chain_text` different from the
         turn's text, the edited chain is used (re-tokenized, one full forward, as the reference does);
         otherwise the generation's KV cache is reused and only the <|im_gen_start|> + 64 query tokens run."""
         if chain_text is not None:

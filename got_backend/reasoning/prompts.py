@@ -1,4 +1,4 @@
-"""What GoT's MLLM is asked (GOT_SPEC §4) and the input images it sees."""
+"""What GoT's MLLM is asked (docs/ALGORITHM.md §4) and the input images it sees."""
 
 from __future__ import annotations
 

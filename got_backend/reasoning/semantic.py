@@ -1,4 +1,4 @@
-"""Semantic guidance (GOT_SPEC §6): the MLLM's final hidden states at the 64 image-query tokens, projected."""
+"""Semantic guidance (docs/ALGORITHM.md §6): the MLLM's final hidden states at the 64 image-query tokens, projected."""
 
 from __future__ import annotations
 

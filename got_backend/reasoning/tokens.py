@@ -1,4 +1,4 @@
-"""GoT's special tokens (GOT_SPEC §3), resolved by name and checked against the released ids."""
+"""GoT's special tokens (docs/ALGORITHM.md §3), resolved by name and checked against the released ids."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class GotTokenIds:
 
     @property
     def stop_ids(self) -> tuple[int, int, int]:
-        """Reasoning stops on these (GOT_SPEC §5)."""
+        """Reasoning stops on these (docs/ALGORITHM.md §5)."""
         return (self.boi, self.vision_start, self.endoftext)
 
 
@@ -66,7 +66,7 @@ def resolve_got_tokens(tokenizer) -> GotTokenIds:
             wrong.append(f"{name}: expected id {expected}, tokenizer has {found}")
     if wrong:
         raise GotTokenizerError(
-            "this tokenizer does not match GoT (GOT_SPEC §3): " + "; ".join(wrong[:5])
+            "this tokenizer does not match GoT (docs/ALGORITHM.md §3): " + "; ".join(wrong[:5])
             + (f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else "")
             + ". Use the tokenizer of Qwen2.5-VL-3B-Instruct, to which GoT's tokens are added in order.")
     ids = tokenizer.convert_tokens_to_ids

@@ -1,4 +1,4 @@
-"""One reasoning turn: generate from a token sequence until a stop token (GOT_SPEC §5) or the token limit."""
+"""One reasoning turn: generate from a token sequence until a stop token (docs/ALGORITHM.md §5) or the token limit."""
 
 from __future__ import annotations
 

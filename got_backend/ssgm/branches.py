@@ -49,7 +49,7 @@ def add_time_ids(width: int, height: int) -> torch.Tensor:
 
 def branch_batch(cond: Conditioning, branches: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """The UNet's cross-attention context [B, 64, D] and extra input channels [B, 8, h, w] (reference,
-    spatial) for `branches`, in that order (GOT_SPEC §9's table)."""
+    spatial) for `branches`, in that order (docs/ALGORITHM.md §9's table)."""
     contexts, extras = [], []
     for name in branches:
         contexts.append(cond.context if BRANCH_INPUTS[name].context == "c" else cond.null_context)

@@ -1,4 +1,4 @@
-"""GoT's denoising loop (GOT_SPEC §9): DDPM with SDXL's scheduler, a 12-channel UNet, four guidance branches.
+"""GoT's denoising loop (docs/ALGORITHM.md §9): DDPM with SDXL's scheduler, a 12-channel UNet, four guidance branches.
 
 The reference runs the four branches C, T, I, U as one UNet call of batch 4 and steps diffusers'
 DDPMScheduler with the generator that drew the starting noise. `denoise` does the same; with

@@ -1,4 +1,4 @@
-"""GoT's three-signal classifier-free guidance (GOT_SPEC §9) and the branch table it is built from.
+"""GoT's three-signal classifier-free guidance (docs/ALGORITHM.md §9) and the branch table it is built from.
 
     eps = eps_U + a_t (eps_T - eps_I) + a_s (eps_C - eps_T) + a_r (eps_I - eps_U)
 

@@ -1,4 +1,4 @@
-"""The spatial and reference latents of GoT's 12-channel UNet input (GOT_SPEC §7, §8).
+"""The spatial and reference latents of GoT's 12-channel UNet input (docs/ALGORITHM.md §7, §8).
 
 Both are VAE *modes*, not multiplied by the scaling factor. `Encode` is whatever VAE the caller has: it takes
 pixels [B, 3, H, W] in [-1, 1] (float32, on the CPU) and returns latents [B, 4, H/8, W/8]; `vae_mode_encoder`

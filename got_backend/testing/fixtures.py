@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-# Sizes of the tiny stand-ins; the real ones are in GOT_SPEC §1.
+# Sizes of the tiny stand-ins; the real ones are in docs/ALGORITHM.md §1.
 TEXT_HIDDEN = 64
 POOLED_DIM = 32
 VOCAB_ROWS = 151936

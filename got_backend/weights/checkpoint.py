@@ -1,6 +1,6 @@
 """Reading the released GoT-6B checkpoint into its parts: merged MLLM, the two projectors, UNet, VAE.
 
-The release (GOT_SPEC §2) is one state dict over five pickle shards: `mllm.` (PEFT-wrapped Qwen2.5-VL in
+The release (docs/ALGORITHM.md §2) is one state dict over five pickle shards: `mllm.` (PEFT-wrapped Qwen2.5-VL in
 transformers-4.49 names), `output_projector.projector.`, `output_projector_add.projector.`, `unet.`, `vae.`.
 Shards are read one at a time and each tensor is moved into its part at once, so the model is held once.
 Every tensor must land somewhere and every tensor the models need must be there; otherwise nothing is returned

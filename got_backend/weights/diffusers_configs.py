@@ -1,6 +1,6 @@
 """diffusers configs of GoT's UNet and VAE, read off their tensors' shapes, and checked by building the model.
 
-Only what shapes cannot tell is taken from SDXL (GOT_SPEC §1: GoT's UNet and VAE are SDXL's): sample size,
+Only what shapes cannot tell is taken from SDXL (docs/ALGORITHM.md §1: GoT's UNet and VAE are SDXL's): sample size,
 group-norm groups, 64-channel attention heads, the VAE's scaling factor.
 """
 

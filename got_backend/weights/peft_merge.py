@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 PEFT_PREFIX = "base_model.model."
-GOT_LORA_ALPHA = 32.0  # GOT_SPEC §1: r=32, alpha=32
+GOT_LORA_ALPHA = 32.0  # docs/ALGORITHM.md §1: r=32, alpha=32
 
 _PIECE = re.compile(
     r"^(?P<module>.+)\.(?:"

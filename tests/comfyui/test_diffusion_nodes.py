@@ -383,7 +383,7 @@ def managed_mllm(inproc):
 
 def test_ssgm_conditioner_builds_gots_guidance(inproc, managed_mllm, comfy_vae):
     """positive = branch C (c, p, reference ‖ spatial), negative = branch U (c0, p, zeros), the four branches
-    per GOT_SPEC §9, with the MLLM's semantic guidance and the chain's spatial latent made from the same VAE."""
+    per docs/ALGORITHM.md §9, with the MLLM's semantic guidance and the chain's spatial latent made from the same VAE."""
     types = inproc.pack_module("nodes.types")
     reasoning = managed_mllm.got.user_chain("a red ball next to a blue cube", CHAIN_TEXT + "<|im_gen_start|>")
     chain = types.reasoned_chain(reasoning.text, reasoning)
