@@ -1,4 +1,5 @@
-"""The GoT reasoning chain as data: the objects it places, each with a phrase, a box and a colour (docs/ALGORITHM.md §5).
+"""The GoT reasoning chain as data: the objects it places, each with a phrase, a box and a colour
+(docs/ALGORITHM.md §5).
 
 A box is `<|box_start|>(x1,y1),(x2,y2)<|box_end|> (color)` on the 0..1000 grid, optionally preceded by its
 phrase as `<|object_ref_start|>phrase<|object_ref_end|>`. The reference finds boxes with one regex,

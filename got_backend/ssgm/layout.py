@@ -1,4 +1,5 @@
-"""Boxes of a GoT chain as pixels: masks, the reference's colour canvases (docs/ALGORITHM.md §7) and an artist's preview.
+"""Boxes of a GoT chain as pixels: masks, the reference's colour canvases (docs/ALGORITHM.md §7) and an
+artist's preview.
 
 The reference draws each box with PIL, `ImageDraw.rectangle([x1/1000*W, y1/1000*H, x2/1000*W, y2/1000*H],
 fill=color)` on a black RGB canvas. PIL casts float corners to int (truncation; all corners here are >= 0, so
