@@ -22,6 +22,7 @@ import comfy.utils
 import folder_paths
 
 from .unet_keys import UNetWeightsError, comfy_unet_state
+from ..got_backend.weights.shapes import state_mismatch, state_shapes
 from ..got_backend.errors import GoTError
 
 GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), docs/ALGORITHM.md §9
@@ -93,10 +94,9 @@ def build_got_unet(state: dict[str, torch.Tensor], model_options: dict | None = 
     if model_options.get("fp8_optimizations", False):
         model_config.optimizations["fp8"] = True
     model = comfy.model_base.SDXL(model_config, model_type=model_config.model_type(state))
-    expected = model.diffusion_model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    wrong = sorted(k for k in expected if k in state and state[k].shape != expected[k].shape)
-    if missing or wrong:
+    mismatch = state_mismatch(state_shapes(model.diffusion_model.state_dict()), state)
+    missing, wrong = sorted(mismatch.missing), sorted(name for name, _, _ in mismatch.misshaped)
+    if missing or wrong:  # keys beyond the UNet's (e.g. a whole checkpoint's) are left to load_model_weights
         raise UNetWeightsError(f"{where}: {len(missing)} UNet tensors missing (first: {missing[:3]}), "
                                f"{len(wrong)} with the wrong shape (first: {wrong[:3]})")
     model = model.to(offload_device)

@@ -6,13 +6,15 @@ import os
 import pickle
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from got_backend.weights.checkpoint import CheckpointError, UnsafeCheckpointError, load_mllm_state, read_got_checkpoint
+from got_backend.weights.checkpoint import CheckpointError, UnsafeCheckpointError, read_got_checkpoint
+from got_backend.weights.mllm_files import read_release
 from got_backend.testing.fixtures import LORA_ALPHA, LORA_RANK, to_transformers_449_name
 from got_backend.weights.qwen_names import load_qwen_config
 from got_backend.weights.state_dicts import iter_shards, load_tensor_file
@@ -102,35 +104,29 @@ def test_mllm_names_are_the_installed_transformers_names(weights, tiny_release):
     assert weights.mllm.keys() == model.state_dict().keys()
 
 
-def test_load_mllm_state_loads_strictly_and_names_what_is_wrong(weights, tiny_release):
-    from transformers import Qwen2_5_VLForConditionalGeneration
+def test_loading_the_release_mllm_is_strict_and_names_what_is_wrong(weights, tiny_release):
+    def load(mllm=weights.mllm, tie=weights.tie_word_embeddings):
+        return read_release(tiny_release.got_release, tiny_release.qwen_base, torch.float32,
+                            replace(weights, mllm=mllm, tie_word_embeddings=tie)).model
 
-    config = load_qwen_config(tiny_release.qwen_base, tie_word_embeddings=weights.tie_word_embeddings)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
-    load_mllm_state(model, weights.mllm)
-    assert_same_weights(model.state_dict(), weights.mllm)
+    assert_same_weights(load().state_dict(), weights.mllm)
 
     lacking = dict(weights.mllm)
     missing_key = next(k for k in lacking if k.endswith("layers.1.post_attention_layernorm.weight"))
     del lacking[missing_key]
     with pytest.raises(CheckpointError, match=missing_key.replace(".", r"\.")):
-        load_mllm_state(model, lacking)
+        load(lacking)
     with pytest.raises(CheckpointError, match="foo.bar"):
-        load_mllm_state(model, {**weights.mllm, "foo.bar": torch.zeros(1)})
+        load({**weights.mllm, "foo.bar": torch.zeros(1)})
 
-    tied = Qwen2_5_VLForConditionalGeneration._from_config(load_qwen_config(tiny_release.qwen_base),
-                                                          dtype=torch.float32)
     with pytest.raises(CheckpointError, match="tie_word_embeddings=False"):
-        load_mllm_state(tied, weights.mllm)
+        load(tie=True)
 
 
 def test_tied_model_accepts_a_checkpoint_without_lm_head(weights, tiny_release):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration._from_config(load_qwen_config(tiny_release.qwen_base),
-                                                           dtype=torch.float32)
     without_head = {k: v for k, v in weights.mllm.items() if not k.endswith("lm_head.weight")}
-    load_mllm_state(model, without_head)
+    model = read_release(tiny_release.got_release, tiny_release.qwen_base, torch.float32,
+                         replace(weights, mllm=without_head, tie_word_embeddings=True)).model
     assert torch.equal(model.get_output_embeddings().weight, without_head[next(
         k for k in without_head if k.endswith("embed_tokens.weight"))])
 

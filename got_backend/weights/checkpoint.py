@@ -20,13 +20,14 @@ import torch
 from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config, unet_shapes, vae_shapes
 from .peft_merge import GOT_LORA_ALPHA, MergeStats, PeftMerger
 from .qwen_names import QwenNames, load_qwen_config, qwen_names
+from .shapes import state_mismatch, state_shapes
 from .state_dicts import CheckpointError, UnsafeCheckpointError, iter_shards
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 __all__ = ["CheckpointError", "UnsafeCheckpointError", "CheckpointReport", "GoTWeights", "read_got_checkpoint",
-           "load_mllm_state", "GOT_LORA_ALPHA"]
+           "check_mllm_state", "GOT_LORA_ALPHA"]
 
 PARTS = (("mllm.", "mllm"), ("output_projector.projector.", "output_projector"),
          ("output_projector_add.projector.", "output_projector_add"), ("unet.", "unet"), ("vae.", "vae"))
@@ -99,10 +100,11 @@ class _Findings:
 
     def check_against(self, part: str, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size],
                       source: Callable[[str], str], optional: frozenset[str] = frozenset()) -> None:
-        self.unplaced += [source(k) for k in state if k not in expected]
-        self.missing += [f"{part}: {k} {tuple(s)}" for k, s in expected.items() if k not in state and k not in optional]
-        self.other += [f"{source(k)} has shape {tuple(state[k].shape)}, the {part} needs {tuple(s)}"
-                       for k, s in expected.items() if k in state and state[k].shape != s]
+        mismatch = state_mismatch(expected, state, optional)
+        self.unplaced += [source(k) for k in mismatch.unexpected]
+        self.missing += [f"{part}: {k} {tuple(expected[k])}" for k in mismatch.missing]
+        self.other += [f"{source(k)} has shape {tuple(found)}, the {part} needs {tuple(needed)}"
+                       for k, found, needed in mismatch.misshaped]
 
     def raise_if_any(self, where: Path) -> None:
         if not (self.unplaced or self.missing or self.other):
@@ -145,7 +147,7 @@ def read_got_checkpoint(path: str | Path, qwen_base: str | Path | PretrainedConf
 
     `qwen_base` (the Qwen2.5-VL-3B-Instruct folder or its config) lets the MLLM be checked name by name and
     shape by shape against the installed transformers' model; without it names are still converted and
-    `load_mllm_state` does the check when the weights are loaded. `on_shard(file)` is called after each file
+    `check_mllm_state` does the check before the weights are loaded. `on_shard(file)` is called after each file
     has been distributed (and dropped).
     """
     path = Path(path)
@@ -270,14 +272,15 @@ def _checked_diffusers_part(part: str, state: dict[str, torch.Tensor], findings:
     return config
 
 
-def load_mllm_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy `state` (installed names, e.g. `GoTWeights.mllm`) into a Qwen2_5_VLForConditionalGeneration.
+def check_mllm_state(state: Mapping[str, torch.Tensor], model: torch.nn.Module, where: str | Path) -> None:
+    """Refuse `state` (installed names, e.g. `GoTWeights.mllm`) unless it fills `model` (a
+    Qwen2_5_VLForConditionalGeneration, on the meta device is enough) exactly.
 
-    Strict: any missing, unexpected or mis-shaped tensor raises CheckpointError naming them. A missing
-    lm_head is fine when the model ties it to embed_tokens; an lm_head that differs from embed_tokens
-    is refused for such a model (build it with tie_word_embeddings=GoTWeights.tie_word_embeddings).
+    Any missing, unexpected or mis-shaped tensor raises CheckpointError naming them. A missing lm_head is fine
+    when the model ties it to embed_tokens; an lm_head that differs from embed_tokens is refused for such a
+    model (build it with tie_word_embeddings=GoTWeights.tie_word_embeddings).
     """
-    expected = {name: value.shape for name, value in model.state_dict().items()}
+    expected = state_shapes(model.state_dict())
     embed_key = next(k for k in expected if k.endswith("embed_tokens.weight"))
     lm_head_key = next(k for k in expected if k.endswith("lm_head.weight"))
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -289,10 +292,4 @@ def load_mllm_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -
     if not tied and lm_head_key not in state and embed_key in state:
         findings.other.append(f"{lm_head_key} is absent (the weights tie it to {embed_key}), but this model "
                               "unties them; build it with tie_word_embeddings=True")
-    findings.raise_if_any(Path(type(model).__name__))
-    to_load = {k: v for k, v in state.items() if not (tied and k == lm_head_key)}
-    with torch.no_grad():
-        result = model.load_state_dict(to_load, strict=False)
-    left = [k for k in result.missing_keys if not (tied and k == lm_head_key)] + list(result.unexpected_keys)
-    if left:
-        raise CheckpointError(f"loading the MLLM weights left these unmatched: {', '.join(left[:LISTED])}")
+    findings.raise_if_any(Path(where))

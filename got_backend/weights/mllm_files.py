@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-from .checkpoint import GoTWeights, read_got_checkpoint
+from .checkpoint import GoTWeights, check_mllm_state, read_got_checkpoint
 from .qwen_names import load_qwen_config
+from .shapes import meta_model
 from ..reasoning.semantic import projectors_from_state
 from ..reasoning.tokens import add_got_tokens, resolve_got_tokens
 from ..errors import GoTError
@@ -77,14 +78,9 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
     if weights is None:
         weights = read_got_checkpoint(got_dir, qwen_dir)
     config = load_qwen_config(qwen_dir, tie_word_embeddings=weights.tie_word_embeddings)
-    model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=weights.mllm, output_loading_info=True, attn_implementation="sdpa",
-        **_dtype_argument(dtype))
-    problems = [f"{kind}: {', '.join(sorted(info[kind])[:8])}" for kind in
-                ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(kind)]
-    if problems:
-        raise MLLMLoadError(f"the MLLM weights of {got_dir} do not fit the Qwen2.5-VL model of {qwen_dir} ("
-                            + "; ".join(problems) + "): use the Qwen2.5-VL-3B-Instruct folder GoT was trained from")
+    check_mllm_state(weights.mllm, meta_model(Qwen2_5_VLForConditionalGeneration._from_config, config), got_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        None, config=config, state_dict=weights.mllm, attn_implementation="sdpa", **_dtype_argument(dtype))
     state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
              for key, value in getattr(weights, part).items()}
     return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir))

@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config
+from .shapes import state_mismatch, state_shapes
 from .state_dicts import CheckpointError, load_tensor_file
 from ..errors import GoTError
 
@@ -137,14 +138,12 @@ def vae_from_state(state: dict[str, torch.Tensor], config: dict, dtype: torch.dt
 
 def _load_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, dtype: torch.dtype) -> None:
     """Put `state`'s tensors (cast to `dtype`) into a model built on the meta device; all or nothing."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (needs {tuple(v.shape)})" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
+    mismatch = state_mismatch(state_shapes(model.state_dict()), state)
+    if mismatch:
+        wrong = [f"{k} {tuple(found)} (needs {tuple(needed)})" for k, found, needed in mismatch.misshaped]
         problems = [f"{len(items)} {what}: {', '.join(items[:6])}" for what, items in
-                    (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if items]
+                    (("missing", mismatch.missing), ("unexpected", mismatch.unexpected), ("mis-shaped", wrong))
+                    if items]
         raise ModelFilesError(f"{source} does not fit a {type(model).__name__} of its config; "
                               + "; ".join(problems))
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
