@@ -261,7 +261,7 @@ def _checked_diffusers_part(part: str, state: dict[str, torch.Tensor], findings:
     if not state:
         findings.missing.append(f"{part}: the whole {part.upper()} (no {part}.* tensors)")
         return {}
-    shapes = {k: v.shape for k, v in state.items()}
+    shapes = state_shapes(state)
     try:
         config = infer(shapes, **infer_kwargs)
         expected = shapes_of(config)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 
 import torch
+
+from .shapes import meta_model, state_shapes
 from ..errors import GoTError
 
 SDXL_HEAD_CHANNELS = 64
@@ -113,9 +115,7 @@ def infer_vae_config(shapes: Shapes) -> dict:
 
 def model_shapes(model_class: type, config: dict) -> dict[str, torch.Size]:
     """Parameter names and shapes of `model_class(**config)`, built on the meta device (no memory)."""
-    with torch.device("meta"):
-        model = model_class(**config)
-    return {name: value.shape for name, value in model.state_dict().items()}
+    return state_shapes(meta_model(model_class, **config).state_dict())
 
 
 def unet_shapes(config: dict) -> dict[str, torch.Size]:

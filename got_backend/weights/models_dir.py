@@ -20,7 +20,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config
-from .shapes import state_mismatch, state_shapes
+from .shapes import meta_model, state_mismatch, state_shapes
 from .state_dicts import CheckpointError, load_tensor_file
 from ..errors import GoTError
 
@@ -120,8 +120,7 @@ def model_from_state(model_class: type[DiffusersModel], state: dict[str, torch.T
                      dtype: torch.dtype, device: torch.device | str, source: str) -> DiffusersModel:
     """A diffusers `model_class` of `config` holding `state` exactly (strict), in `dtype` on `device`, for
     inference; `source` names where the state came from in errors."""
-    with torch.device("meta"):
-        model = model_class(**config)
+    model = meta_model(model_class, **config)
     _load_strict(model, state, source, dtype)
     return model.to(device).eval().requires_grad_(False)
 
@@ -155,7 +154,7 @@ def load_unet(path: str | Path, dtype: torch.dtype, device: torch.device | str) 
     path = Path(path)
     state, config = _tensors_and_config(path)
     try:
-        config = config or infer_unet_config({k: v.shape for k, v in state.items()})
+        config = config or infer_unet_config(state_shapes(state))
     except ConfigInferenceError as err:
         raise ModelFilesError(f"{path} is not a GoT UNet in diffusers names: {err}") from err
     if config.get("in_channels") != 12:
@@ -172,7 +171,7 @@ def load_vae(path: str | Path, dtype: torch.dtype, device: torch.device | str) -
         state = _diffusers_vae_state(state)
         config = None
     try:
-        config = config or infer_vae_config({k: v.shape for k, v in state.items()})
+        config = config or infer_vae_config(state_shapes(state))
     except ConfigInferenceError as err:
         raise ModelFilesError(f"{path} is not an SDXL-structured VAE: {err}") from err
     return vae_from_state(state, config, dtype, device, str(path))

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .shapes import meta_model, state_shapes
+
 # Every spelling a Qwen2.5-VL checkpoint may use for each part, the longest (most specific) first.
 TEXT_ROOTS = ("model.language_model.", "model.")
 VISION_ROOTS = ("model.visual.", "visual.")
@@ -81,9 +83,7 @@ def _default_names() -> QwenNames:
 def _meta_state_shapes(config) -> dict[str, torch.Size]:
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    with torch.device("meta"):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config)
-    return {name: value.shape for name, value in model.state_dict().items()}
+    return state_shapes(meta_model(Qwen2_5_VLForConditionalGeneration._from_config, config).state_dict())
 
 
 def _names_of(shapes: dict[str, torch.Size], with_shapes: bool) -> QwenNames:
