@@ -300,7 +300,7 @@ class GoTPipeline:
         self._use("reason", progress, "semantic")
         semantic = self.mllm.semantic_guidance(reasoning)                                          # §6
         self._use("vae", progress, "latents")
-        chain = parse_chain(reasoning.text)                                          # §5, this turn only (§10)
+        chain = parse_chain(reasoning.text, drawn_after=reasoning.layout_breaks)  # §5/§7, this turn only (§10)
         encode = vae_mode_encoder(self.vae)
         pixels = pil_to_tensor(reference) if reference is not None else None
         cond = Conditioning(context=semantic.context, null_context=semantic.null_context, pooled=semantic.pooled,

@@ -42,7 +42,10 @@ def describe_boxes(chain: GoTChain) -> str:
         phrase = f'"{obj.phrase}"' if obj.phrase is not None else "(no phrase)"
         x1, y1, x2, y2 = obj.box
         notes = f"  [{', '.join(obj.notes)}]" if obj.notes else ""
-        lines.append(f"{number}. {phrase} ({x1},{y1})-({x2},{y2}) {obj.color or '(no colour: not drawn)'}{notes}")
+        color = obj.color or "(no colour: not drawn)"
+        if obj.color is not None and not chain.draws(obj):
+            color += " (before the last <|im_end|>: not drawn)"
+        lines.append(f"{number}. {phrase} ({x1},{y1})-({x2},{y2}) {color}{notes}")
     lines += [f"ignored at character {issue.position}: {issue.reason}" for issue in chain.issues]
     return "\n".join(lines) if lines else "(no boxes)"
 

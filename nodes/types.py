@@ -1,6 +1,8 @@
 """The pack's own ComfyUI socket types, shared by every node family, and the GOT_CHAIN value.
 
 - GOT_MLLM carries a `model_management.ManagedMLLM` (the MLLM under ComfyUI's model management).
+- GOT_VLM carries a `model_management.ManagedVLM`: any Qwen2.5-VL as a chat model (got_backend.chat), for the
+  Prompt Thinker and the judge; the GoT MLLM itself when its loader names the same folder (one load).
 - GOT_CHAIN carries a `ReasonedChain`: the chain of the current turn as parsed text (a got_backend GoTChain, so
   layout code takes it as is) plus the Reasoning it belongs to, which semantic guidance needs (prompt, image,
   earlier turns; and the KV cache to reuse while the text is unedited).
@@ -18,6 +20,7 @@ from ..got_backend.reasoning.turns import Reasoning
 from ..got_backend.errors import GoTError
 
 GotMLLM = io.Custom("GOT_MLLM")
+GotVLM = io.Custom("GOT_VLM")
 GotChain = io.Custom("GOT_CHAIN")
 GotBranches = io.Custom("GOT_BRANCHES")
 
@@ -36,8 +39,8 @@ class ReasonedChain(GoTChain):
 
 def reasoned_chain(text: str, reasoning: Reasoning | None, *, strict: bool = False) -> ReasonedChain:
     """`text` parsed (strict: a malformed box is a ChainError, for text a person typed) with its Reasoning."""
-    chain = parse_chain(text, strict=strict)
-    return ReasonedChain(chain.text, chain.objects, chain.issues, reasoning)
+    chain = parse_chain(text, strict=strict, drawn_after=reasoning.layout_breaks if reasoning else ())
+    return ReasonedChain(chain.text, chain.objects, chain.issues, chain.drawn_after, reasoning)
 
 
 def chain_reasoning(chain: GoTChain) -> Reasoning:

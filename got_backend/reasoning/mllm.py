@@ -9,37 +9,28 @@ failure) frees it.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from PIL import Image
 from torch import nn
 
 from ..weights.checkpoint import GoTWeights
-from .decoding import (Decoder, PlainDecoder, TokenSequence, VisionInput, forward_sequence, model_device,
-                       weights_signature)
-from .fast_decode import StaticDecoder, UnsupportedModelError
+from .decoder_slot import DecoderSlot, Decoding
+from .decoding import Decoder, TokenSequence, VisionInput, forward_sequence, model_device
 from ..weights.mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
 from ..images import MissingImageError
-from .prompts import (ImageInput, PromptError, Task, chat_messages, condition_image,
-                      instruction)
+from .prompts import ImageInput, PromptError, Task, chat_sequence, condition_image, instruction
 from .turns import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
-                        generate_turn)
+                        generate_turn, turn_stats)
 from .sampling import LogitsProcessor, SamplingSettings, TokenPicker
 from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project
 from .tokens import resolve_got_tokens
 
 __all__ = ["GoTMLLM", "MLLMLoadError", "resolve_dtype", "Decoding"]
-
-log = logging.getLogger(__name__)
-
-Decoding = Literal["fast", "plain"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +46,9 @@ class GoTMLLM:
     """The MLLM (`model`, a Qwen2_5_VLForConditionalGeneration), its processor and GoT's projectors."""
 
     def __init__(self, model: nn.Module, processor, output_projector: nn.Linear, output_projector_add: nn.Linear,
-                 *, decoding: Decoding = "fast", repetition_penalty: float = 1.0) -> None:
-        if decoding not in ("fast", "plain"):
-            raise ValueError(f"decoding must be 'fast' or 'plain', not {decoding!r}")
+                 *, decoding: Decoding = "fast", repetition_penalty: float = 1.0,
+                 eos_token_ids: Sequence[int] = ()) -> None:
+        self._slot = DecoderSlot(model, decoding, "GoT reasoner")
         self.model = model.eval().requires_grad_(False)
         self.processor, self.tokenizer = processor, processor.tokenizer
         self.tokens = resolve_got_tokens(self.tokenizer)
@@ -70,11 +61,12 @@ class GoTMLLM:
         self.output_projector = output_projector.eval().requires_grad_(False)
         self.output_projector_add = output_projector_add.eval().requires_grad_(False)
         self.context_size, self.pooled_size = output_projector.out_features, output_projector_add.out_features
-        self.decoding: Decoding = decoding
         self.repetition_penalty = repetition_penalty  # default for `reason` (GoT inherits Qwen's generation config)
-        self.decoder_note: str | None = None  # why the fast decoder is not in use, if it is not
-        self._decoder: Decoder | None = None
         self._stops: dict[int, StopReason] = dict(zip(self.tokens.stop_ids, ("boi", "vision_start", "endoftext")))
+        # The reference's `generate` also stops on the generation config's other eos tokens (<|im_end|>); its
+        # loop generates on, but its layout then reads only the boxes after the last such stop.
+        self.layout_breaks = tuple(self.tokenizer.convert_ids_to_tokens(i) for i in eos_token_ids
+                                   if i not in self._stops)
 
     # Loading
 
@@ -83,7 +75,7 @@ class GoTMLLM:
         """The reasoner from what `mllm_files` read, moved to `device`."""
         return cls(parts.model.to(device), parts.processor, parts.output_projector.to(device),
                    parts.output_projector_add.to(device), decoding=decoding,
-                   repetition_penalty=parts.repetition_penalty)
+                   repetition_penalty=parts.repetition_penalty, eos_token_ids=parts.eos_token_ids)
 
     @classmethod
     def from_converted(cls, folder: str | Path, dtype: torch.dtype | str = torch.bfloat16,
@@ -118,21 +110,31 @@ class GoTMLLM:
         return self
 
     @property
+    def decoding(self) -> Decoding:
+        return self._slot.decoding
+
+    @property
+    def decoder_note(self) -> str | None:
+        """Why the fast decoder is not in use, if it is not."""
+        return self._slot.note
+
+    @property
+    def _decoder(self) -> Decoder | None:
+        return self._slot.decoder
+
+    @property
     def cached_tokens(self) -> int:
         """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
-        return len(self._decoder.ids) if self._decoder is not None else 0
+        return self._slot.cached_tokens
 
     def clear_context(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch) but keep the KV buffers and
         any captured CUDA graph."""
-        if self._decoder is not None:
-            self._decoder.forget()
+        self._slot.forget()
 
     def release_caches(self) -> None:
         """Free the KV cache, its buffers and any captured CUDA graph."""
-        if self._decoder is not None:
-            self._decoder.release()
-        self._decoder = None
+        self._slot.release()
 
     # Reasoning
 
@@ -231,12 +233,12 @@ class GoTMLLM:
                 f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
                 "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
         sequence = reasoning.sequence + self.tokens.image_queries
-        with self._cache_guard(), torch.inference_mode():
+        with self._slot.guard(), torch.inference_mode():
             if reasoning.edited:
                 _, states = forward_sequence(self.model, sequence, hidden=True)
                 reused = 0
             else:
-                fed = self._acquire_decoder(len(sequence.ids)).feed(sequence, hidden=True,
+                fed = self._slot.acquire(len(sequence.ids)).feed(sequence, hidden=True,
                                                                     run_last=IMAGE_QUERY_COUNT)
                 states, reused = fed.hidden, fed.reused
         self.output_projector.to(self.device)
@@ -265,14 +267,7 @@ class GoTMLLM:
 
     def _prompt_sequence(self, text: str, view: Image.Image | None) -> TokenSequence:
         """The chat-templated user turn with the generation prompt, as the processor tokenizes it."""
-        chat = self.processor.apply_chat_template(chat_messages(text, view is not None), tokenize=False,
-                                                  add_generation_prompt=True)
-        batch = self.processor(text=[chat], images=[view] if view is not None else None, return_tensors="pt")
-        ids = tuple(batch["input_ids"][0].tolist())
-        if view is None:
-            return TokenSequence(ids)
-        grid = tuple(int(n) for n in batch["image_grid_thw"][0])
-        return TokenSequence(ids, (VisionInput(view, batch["pixel_values"], grid),))
+        return chat_sequence(self.processor, text, view)
 
     def _with_image(self, sequence: TokenSequence, view: Image.Image) -> TokenSequence:
         """`sequence` + the image's pad tokens (the reference appends no <|vision_end|>; the model writes it)."""
@@ -300,61 +295,31 @@ class GoTMLLM:
         sequence = context + ids
         return Reasoning(text=self._decode(ids), stop=self._stops.get(ids[-1], "max_tokens"), sequence=sequence,
                          turn_start=len(context.ids), prompt_length=prompt_length, prompt=prompt, task=task,
-                         new_tokens=0, edited=True)
-
-    def _acquire_decoder(self, tokens: int) -> Decoder:
-        """The live decoder (rebuilt if the weights moved since it was made), with room for `tokens`."""
-        decoder = self._decoder
-        if decoder is not None and decoder.signature != weights_signature(self.model):
-            self.release_caches()
-            decoder = None
-        if decoder is None:
-            decoder = self._decoder = self._new_decoder()
-        decoder.reserve(tokens)
-        return decoder
-
-    def _new_decoder(self) -> Decoder:
-        if self.decoding == "plain":
-            return PlainDecoder(self.model)
-        try:
-            return StaticDecoder(self.model)
-        except UnsupportedModelError as err:
-            self.decoder_note = f"fast decoding unavailable ({err}); using the plain decoder"
-            log.warning("GoT reasoner: %s", self.decoder_note)
-            return PlainDecoder(self.model)
-
-    @contextmanager
-    def _cache_guard(self) -> Iterator[None]:
-        """Drop the KV cache when anything (a cancel included) interrupts work on it."""
-        try:
-            yield
-        except BaseException:
-            self.release_caches()
-            raise
+                         new_tokens=0, edited=True, layout_breaks=self.layout_breaks)
 
     def _turn(self, sequence: TokenSequence, turn_start: int, prompt_length: int, prompt: str, task: Task,
               options: _TurnOptions) -> Reasoning:
         if len(sequence.ids) > turn_start and sequence.ids[-1] in self._stops:  # the prefix already stops
             return self._reasoning(sequence, turn_start, prompt_length, prompt, task, 0, None)
+        # A start the user wrote and the model finished: every box of the turn is drawn (a deliberate deviation,
+        # docs/ALGORITHM.md "Deliberate deviations"); the reference has no such turn.
+        breaks = () if len(sequence.ids) > turn_start else self.layout_breaks
         # Inference mode throughout, whoever calls: the KV buffers are only ever updated in it.
-        with self._cache_guard(), torch.inference_mode():
+        with self._slot.guard(), torch.inference_mode():
             picker = TokenPicker(options.sampling, sequence.ids, self.vocab_size, self.device, options.processors)
-            decoder = self._acquire_decoder(len(sequence.ids) + options.max_new_tokens + IMAGE_QUERY_COUNT + 1)
+            decoder = self._slot.acquire(len(sequence.ids) + options.max_new_tokens + IMAGE_QUERY_COUNT + 1)
             out = generate_turn(decoder, sequence, picker, self._stops, options.max_new_tokens, self._decode,
                                 options.on_token, options.should_cancel)
-        self.decoder_note = decoder.note or self.decoder_note
-        steps, capture = len(out.new_ids) - 1, decoder.take_capture_seconds()
-        decoding = out.decode_seconds - capture  # the graph is captured at the first step, once
-        stats = ReasoningStats(
-            decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=decoding,
-            tokens_per_second=steps / decoding if steps and decoding > 0 else 0.0, capture_seconds=capture,
-            reused_tokens=out.reused_tokens, seed=picker.seed if options.sampling.do_sample else None)
+        self._slot.note = decoder.note or self._slot.note
+        stats = turn_stats(out, decoder, picker.seed if options.sampling.do_sample else None)
         return self._reasoning(sequence + out.new_ids, turn_start, prompt_length, prompt, task,
-                               len(out.new_ids), stats, out.stop)
+                               len(out.new_ids), stats, out.stop, breaks)
 
     def _reasoning(self, sequence: TokenSequence, turn_start: int, prompt_length: int, prompt: str, task: Task,
-                   new_tokens: int, stats: ReasoningStats | None, stop: StopReason | None = None) -> Reasoning:
+                   new_tokens: int, stats: ReasoningStats | None, stop: StopReason | None = None,
+                   breaks: tuple[str, ...] | None = None) -> Reasoning:
         stop = stop or self._stops.get(sequence.ids[-1], "max_tokens")
         return Reasoning(text=self._decode(sequence.ids[turn_start:]), stop=stop, sequence=sequence,
                          turn_start=turn_start, prompt_length=prompt_length, prompt=prompt, task=task,
-                         new_tokens=new_tokens, stats=stats)
+                         new_tokens=new_tokens, stats=stats,
+                         layout_breaks=self.layout_breaks if breaks is None else breaks)

@@ -62,6 +62,10 @@ class Reasoning:
     new_tokens: int  # generated in this turn (an assistant prefix not counted)
     edited: bool = False  # the chain text was written or changed by the user: no KV reuse
     stats: ReasoningStats | None = None
+    # Where the reference's `generate` would have stopped inside this turn (the generation config's eos tokens
+    # that do not end a turn: <|im_end|>); its layout reads only the boxes after the last one. Empty when the
+    # user wrote the turn's start and the model finished it: then every box of the turn is drawn.
+    layout_breaks: tuple[str, ...] = ()  # for parse_chain(text, drawn_after=...)
 
     @property
     def token_ids(self) -> tuple[int, ...]:
@@ -133,3 +137,13 @@ def generate_turn(decoder: Decoder, sequence: TokenSequence, pick: TokenPicker, 
     ended = time.perf_counter()
     return TurnOutput(new_ids, stops.get(new_ids[-1], "max_tokens"), first_token_at - started,
                       ended - first_token_at, fed.reused)
+
+
+def turn_stats(out: TurnOutput, decoder: Decoder, seed: int | None) -> ReasoningStats:
+    """The timings of a generated turn; CUDA graph capture (done once, at the first step) is not decoding."""
+    steps, capture = len(out.new_ids) - 1, decoder.take_capture_seconds()
+    decoding = out.decode_seconds - capture
+    return ReasoningStats(
+        decoder=decoder.kind, time_to_first_token=out.time_to_first_token, decode_seconds=decoding,
+        tokens_per_second=steps / decoding if steps and decoding > 0 else 0.0, capture_seconds=capture,
+        reused_tokens=out.reused_tokens, seed=seed)

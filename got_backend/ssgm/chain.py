@@ -78,11 +78,24 @@ class GoTChain:
     text: str
     objects: list[GoTObject]
     issues: list[ChainIssue] = field(default_factory=list)
+    # Tokens at which the reference's `generate` stopped and its loop generated on (<|im_end|>, from the
+    # generation config's eos list): only boxes after the last one are drawn (docs/ALGORITHM.md §7).
+    drawn_after: tuple[str, ...] = ()
+
+    @property
+    def drawn_from(self) -> int:
+        """The character where the drawn boxes begin: after the last `drawn_after` token, else 0."""
+        return max((self.text.rfind(t) + len(t) for t in self.drawn_after if t in self.text), default=0)
+
+    def draws(self, obj: GoTObject) -> bool:
+        """Whether the reference draws `obj` into the spatial guidance: it has a colour and lies in the text of
+        the last `generate` call."""
+        return obj.color is not None and obj.span[0] >= self.drawn_from
 
     @property
     def colored(self) -> list[GoTObject]:
         """The objects the reference draws into the spatial guidance."""
-        return [obj for obj in self.objects if obj.color is not None]
+        return [obj for obj in self.objects if self.draws(obj)]
 
     def with_object(self, index: int, *, phrase: str | None | object = _KEEP,
                     box: tuple[int, int, int, int] | object = _KEEP,
@@ -97,7 +110,7 @@ class GoTChain:
                       color=old.color if color is _KEEP else color)
         _check_editable(new)
         start, end = old.span
-        edited = parse_chain(self.text[:start] + format_object(new) + self.text[end:])
+        edited = parse_chain(self.text[:start] + format_object(new) + self.text[end:], drawn_after=self.drawn_after)
         got = edited.objects[index] if len(edited.objects) == len(self.objects) else None
         if got is None or (got.phrase, got.box, got.color) != (new.phrase, new.box, new.color):
             raise ChainError(f"object {index} cannot be written as phrase={new.phrase!r}, box={new.box}, "
@@ -105,9 +118,10 @@ class GoTChain:
         return edited
 
 
-def parse_chain(text: str, *, strict: bool = False) -> GoTChain:
-    """Every box in `text` with its phrase and colour, in order. Never raises anything but ChainError; with
-    strict=False (the default) it raises only for a non-string."""
+def parse_chain(text: str, *, strict: bool = False, drawn_after: tuple[str, ...] = ()) -> GoTChain:
+    """Every box in `text` with its phrase and colour, in order; boxes before the last of the `drawn_after`
+    tokens are read but not drawn (GoTChain.draws). Never raises anything but ChainError; with strict=False
+    (the default) it raises only for a non-string."""
     if not isinstance(text, str):
         raise ChainError(f"expected the chain as text (str), got {type(text).__name__}")
     objects: list[GoTObject] = []
@@ -127,7 +141,7 @@ def parse_chain(text: str, *, strict: bool = False) -> GoTChain:
         objects.append(_read_object(text, match, floor))
         floor = match.end()
         pos = text.find(BOX_START, floor)
-    return GoTChain(text, objects, issues)
+    return GoTChain(text, objects, issues, tuple(drawn_after))
 
 
 def format_object(obj: GoTObject) -> str:

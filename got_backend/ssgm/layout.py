@@ -58,7 +58,7 @@ def color_rgb(obj: GoTObject, index: int) -> tuple[int, int, int]:
 def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[N, 3, H, W] float32 in [-1, 1]: per coloured object a black canvas with its box filled in its colour."""
     check_canvas_size(width, height)
-    colored = [(i, obj) for i, obj in enumerate(chain.objects) if obj.color is not None]
+    colored = [(i, obj) for i, obj in enumerate(chain.objects) if chain.draws(obj)]
     canvases = torch.zeros(len(colored), 3, height, width, dtype=torch.uint8)
     for canvas, (index, obj) in zip(canvases, colored):
         c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
@@ -67,8 +67,9 @@ def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
 
 
 def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
-    """[H, W, 3] in [0, 1]: every box as a translucent fill with a solid outline, in its colour (uncoloured
-    boxes in grey), later boxes on top, over a dark background with a faint line every 100 grid units."""
+    """[H, W, 3] in [0, 1]: every box as a translucent fill with a solid outline, in its colour (boxes that are
+    not drawn into the guidance, uncoloured or before an <|im_end|>, in grey), later boxes on top, over a dark
+    background with a faint line every 100 grid units."""
     check_canvas_size(width, height)
     image = torch.tensor(PREVIEW_BACKGROUND).repeat(height, width, 1)
     for k in range(1, 10):
@@ -76,7 +77,7 @@ def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
         image[min(int(k * 100 / GRID * height), height - 1), :] = torch.tensor(PREVIEW_GRID_LINE)
     line = max(1, min(width, height) // 256)
     for index, obj in enumerate(chain.objects):
-        rgb = PREVIEW_UNCOLORED if obj.color is None else tuple(v / 255 for v in color_rgb(obj, index))
+        rgb = tuple(v / 255 for v in color_rgb(obj, index)) if chain.draws(obj) else PREVIEW_UNCOLORED
         color = torch.tensor(rgb)
         c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
         if c0 >= c1 or r0 >= r1:

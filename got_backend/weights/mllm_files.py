@@ -15,15 +15,24 @@ from torch import nn
 from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
 from .checkpoint import GoTWeights, check_mllm_state, read_got_checkpoint
+from .models_dir import PROJECTORS_FILE
 from .qwen_names import load_qwen_config
 from .shapes import meta_model
+from .state_dicts import CheckpointError, check_safetensors_file, shard_files
 from ..reasoning.semantic import projectors_from_state
 from ..reasoning.tokens import add_got_tokens, resolve_got_tokens
 from ..errors import GoTError
 
-PROJECTORS_FILE = "got_projectors.safetensors"
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
+CONVERT_COMMAND = ("python -m got_backend.convert --release <GoT-6B folder> --qwen <Qwen2.5-VL-3B-Instruct folder> "
+                   "--models <ComfyUI/models> --overwrite")
+REBUILD_CONVERTED = f"Rebuild the converted folder from the GoT-6B release with `{CONVERT_COMMAND}`."
+REBUILD_ANY = (f"Download the folder's files again, or, for a converted GoT MLLM, rebuild it with "
+               f"`{CONVERT_COMMAND}`.")
+LISTED_KEYS = 8
 
 
 class MLLMLoadError(GoTError):
@@ -37,6 +46,7 @@ class MLLMParts:
     output_projector: nn.Linear
     output_projector_add: nn.Linear
     repetition_penalty: float  # from generation_config.json, which `generate` would apply
+    eos_token_ids: tuple[int, ...] = ()  # generation_config.json's eos list: where `generate` stops (docs/ALGORITHM.md §7)
 
 
 def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -54,13 +64,12 @@ def read_converted(folder: str | Path, dtype: torch.dtype | str) -> MLLMParts:
     folder = Path(folder)
     _require_files(folder, ("config.json", PROJECTORS_FILE, "preprocessor_config.json"), "converted GoT MLLM")
     dtype = resolve_dtype(dtype)
+    _check_json_files(folder, REBUILD_CONVERTED)
+    projectors = projectors_from_state(_projector_state(folder / PROJECTORS_FILE))
     processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     resolve_got_tokens(processor.tokenizer)  # refuse a wrong tokenizer before loading gigabytes
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, attn_implementation="sdpa",
-                                                               local_files_only=True, use_safetensors=True,
-                                                               **_dtype_argument(dtype))
-    projectors = projectors_from_state(load_file(folder / PROJECTORS_FILE))
-    return MLLMParts(model, processor, *projectors, _repetition_penalty(folder))
+    model = _from_folder(folder, dtype, REBUILD_CONVERTED)
+    return MLLMParts(model, processor, *projectors, _repetition_penalty(folder), _eos_token_ids(folder))
 
 
 def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str,
@@ -83,7 +92,105 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
         None, config=config, state_dict=weights.mllm, attn_implementation="sdpa", **_dtype_argument(dtype))
     state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
              for key, value in getattr(weights, part).items()}
-    return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir))
+    return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir),
+                     _eos_token_ids(qwen_dir))
+
+
+@dataclass
+class VLMParts:
+    """Any Qwen2.5-VL folder as a chat model (no GoT projectors, no GoT tokens needed)."""
+
+    model: nn.Module  # Qwen2_5_VLForConditionalGeneration
+    processor: object  # its Qwen2_5_VLProcessor
+    repetition_penalty: float
+    eos_token_ids: tuple[int, ...]
+
+
+VLM_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def read_vlm(folder: str | Path, dtype: torch.dtype | str) -> VLMParts:
+    """A Hugging Face Qwen2.5-VL folder (the base Qwen2.5-VL-3B-Instruct, a converted GoT MLLM, a
+    Think-Then-Generate-tuned encoder): safetensors weights only, nothing run from the folder."""
+    folder = Path(folder)
+    _require_files(folder, ("config.json", "preprocessor_config.json"), "Qwen2.5-VL")
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type != "qwen2_5_vl":
+        raise MLLMLoadError(f"{folder} holds a {model_type!r} model, not a Qwen2.5-VL one (config.json "
+                            "model_type 'qwen2_5_vl'): pick a Qwen2.5-VL folder")
+    if not any((folder / name).is_file() for name in VLM_WEIGHTS):
+        raise MLLMLoadError(f"{folder} has no safetensors weights ({' or '.join(VLM_WEIGHTS)}); pickle "
+                            "checkpoints are not read here. A GoT-6B release: convert it once with `python -m "
+                            "got_backend.convert`, or load it with the GoT MLLM Loader")
+    dtype = resolve_dtype(dtype)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    return VLMParts(_from_folder(folder, dtype), processor, _repetition_penalty(folder), _eos_token_ids(folder))
+
+
+def _from_folder(folder: Path, dtype: torch.dtype, fix: str = REBUILD_ANY) -> nn.Module:
+    """The Qwen2.5-VL model of a local folder: safetensors, no remote code, SDPA attention. As for the release,
+    every tensor must be placed: weight files that are damaged, miss tensors, hold extra ones or tensors of the
+    wrong shape are an MLLMLoadError naming the files and keys and saying how to `fix` them (transformers
+    would initialise the missing ones randomly and only log it)."""
+    files = _checked_weight_files(folder, fix)
+    names = ", ".join(f.name for f in files)
+    try:
+        model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            folder, attn_implementation="sdpa", local_files_only=True, use_safetensors=True,
+            output_loading_info=True, **_dtype_argument(dtype))
+    except RuntimeError as err:  # transformers refuses tensors of the wrong shape (see its load report)
+        raise MLLMLoadError(f"the weights in {folder} ({names}) do not fit the model its config.json describes: "
+                            f"{str(err).splitlines()[0][:300]}. {fix}") from None
+    problems = [f"{len(info[kind])} {what} ({', '.join(sorted(map(str, info[kind]))[:LISTED_KEYS])})"
+                for kind, what in (("missing_keys", "tensors the model needs are missing"),
+                                   ("unexpected_keys", "tensors have no place in the model"),
+                                   ("mismatched_keys", "tensors have the wrong shape")) if info.get(kind)]
+    if problems:
+        raise MLLMLoadError(f"the weights in {folder} ({names}) do not fill the model its config.json describes: "
+                            + "; ".join(problems) + f". Nothing was initialised at random. {fix}")
+    return model
+
+
+def _checked_weight_files(folder: Path, fix: str) -> list[Path]:
+    """The folder's safetensors weight files (one, or an index and its shards, which must lie in the folder),
+    each checked to be complete, well-formed safetensors."""
+    index = folder / VLM_WEIGHTS[1]
+    try:
+        files = shard_files(index)[0] if index.is_file() else [folder / VLM_WEIGHTS[0]]
+        for file in files:
+            if not file.is_file():
+                raise MLLMLoadError(f"{folder} lacks its weights file {file.name}. {fix}")
+            check_safetensors_file(file, fix)
+    except CheckpointError as err:
+        raise MLLMLoadError(str(err)) from None
+    return files
+
+
+def _check_json_files(folder: Path, fix: str) -> None:
+    """Every JSON file of the folder must parse: transformers would fail on one with a bare JSONDecodeError."""
+    for file in sorted(folder.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
+            raise MLLMLoadError(f"{file} is not valid JSON{where}. {fix}") from None
+
+
+def _projector_state(file: Path) -> dict[str, torch.Tensor]:
+    """GoT's two projectors (weight and bias each) from `got_projectors.safetensors`, checked to be complete."""
+    try:
+        check_safetensors_file(file, REBUILD_CONVERTED)
+    except CheckpointError as err:
+        raise MLLMLoadError(str(err)) from None
+    state = load_file(file)
+    expected = {f"{part}.{kind}" for part in ("output_projector", "output_projector_add") for kind in ("weight", "bias")}
+    wrong = [f"{name} {tuple(state[name].shape)}" for name in expected & state.keys()
+             if state[name].dim() != (2 if name.endswith("weight") else 1)]
+    if state.keys() != expected or wrong:
+        missing, extra = sorted(expected - state.keys()), sorted(state.keys() - expected)
+        raise MLLMLoadError(f"{file} does not hold GoT's two projectors: missing {missing or 'none'}, unexpected "
+                            f"{extra[:LISTED_KEYS] or 'none'}, wrong shapes {wrong or 'none'}. {REBUILD_CONVERTED}")
+    return state
 
 
 def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -91,11 +198,19 @@ def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
-def _repetition_penalty(folder: Path) -> float:
+def _generation_config(folder: Path) -> dict:
     path = folder / "generation_config.json"
-    if not path.is_file():
-        return 1.0
-    return float(json.loads(path.read_text()).get("repetition_penalty", 1.0))
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _repetition_penalty(folder: Path) -> float:
+    return float(_generation_config(folder).get("repetition_penalty", 1.0))
+
+
+def _eos_token_ids(folder: Path) -> tuple[int, ...]:
+    """The eos ids `generate` stops on with this folder's generation config (one id or a list)."""
+    eos = _generation_config(folder).get("eos_token_id", ())
+    return tuple(int(i) for i in (eos if isinstance(eos, list) else [eos]))
 
 
 def _require_files(folder: Path, names: Sequence[str], what: str) -> None:
