@@ -28,6 +28,8 @@ import torch
 from .weights.checkpoint import GOT_LORA_ALPHA, CheckpointError, CheckpointReport, GoTWeights, read_got_checkpoint
 from .weights.qwen_names import load_qwen_config, qwen_names
 from .weights.safetensors_writer import write_safetensors, write_sharded_safetensors
+from .weights.models_dir import (DEFAULT_NAME, PROJECTORS_FILE, QWEN_BASE_NAME, QWEN_URL, RELEASE_FILES, RELEASE_URL,
+                                 converted_paths)
 from .weights.state_dicts import shard_files
 from .reasoning.tokens import GotTokenizerError, add_got_tokens, resolve_got_tokens
 from .errors import GoTError
@@ -36,15 +38,15 @@ QWEN_REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer_config.js
 QWEN_COPIED = ("preprocessor_config.json", "chat_template.json", "chat_template.jinja", "generation_config.json")
 UNET_DTYPE = torch.float16
 
-LAYOUT_HELP = """\
-Where the files go:
-  --release  GoT-6B/ from https://huggingface.co/LucasFang/GoT-6B:
-             pytorch_model.bin.index.json and pytorch_model-00001-of-00005.bin ... pytorch_model-00005-of-00005.bin
-  --qwen     Qwen2.5-VL-3B-Instruct/ from https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct:
-             config.json, preprocessor_config.json, chat_template.json, generation_config.json,
-             tokenizer.json, tokenizer_config.json, vocab.json, merges.txt (its *.safetensors are not needed)
-  --models   your ComfyUI/models folder; receives LLM/<name>/, diffusion_models/<name>-unet.safetensors and
-             vae/<name>-vae.safetensors"""
+LAYOUT_HELP = (
+    "Where the files go:\n"
+    f"  --release  {DEFAULT_NAME}/ from {RELEASE_URL}:\n"
+    f"             {RELEASE_FILES}\n"
+    f"  --qwen     {QWEN_BASE_NAME}/ from {QWEN_URL}:\n"
+    f"             {', '.join(QWEN_REQUIRED + QWEN_COPIED[1:])},\n"
+    "             tokenizer.json, vocab.json, merges.txt (its *.safetensors are not needed)\n"
+    "  --models   your ComfyUI/models folder; receives {}/, {} and\n"
+    "             {}".format(*converted_paths(Path(), "<name>")))
 
 
 class ConversionError(GoTError):
@@ -87,17 +89,16 @@ class OutputPaths:
 
     @classmethod
     def under(cls, models_dir: Path, name: str) -> OutputPaths:
-        return cls(models_dir / "LLM" / name, models_dir / "diffusion_models" / f"{name}-unet.safetensors",
-                   models_dir / "vae" / f"{name}-vae.safetensors")
+        return cls(*converted_paths(models_dir, name))
 
     def existing(self) -> list[Path]:
         mllm_files = [self.mllm_dir / n for n in ("config.json", "model.safetensors", "model.safetensors.index.json",
-                                                 "got_projectors.safetensors")]
+                                                 PROJECTORS_FILE)]
         return [p for p in (*mllm_files, self.unet, self.vae) if p.exists()]
 
 
 def convert_release(release_dir: str | Path, qwen_base_dir: str | Path, models_dir: str | Path, *,
-                    name: str = "GoT-6B", lora_alpha: float = GOT_LORA_ALPHA, overwrite: bool = False,
+                    name: str = DEFAULT_NAME, lora_alpha: float = GOT_LORA_ALPHA, overwrite: bool = False,
                     log: Callable[[str], None] | None = None) -> ConversionReport:
     """Convert the GoT release into `models_dir` (see the module docstring); returns what was done.
 
@@ -167,7 +168,7 @@ def _write_mllm_weights(weights: GoTWeights, folder: Path, say: Callable[[str], 
     write_sharded_safetensors(folder, weights.mllm)
     projectors = {f"{part}.{k}": v for part in ("output_projector", "output_projector_add")
                   for k, v in getattr(weights, part).items()}
-    write_safetensors(folder / "got_projectors.safetensors", projectors)
+    write_safetensors(folder / PROJECTORS_FILE, projectors)
 
 
 def _write_config(qwen_base_dir: Path, folder: Path, weights: GoTWeights) -> None:
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", required=True, type=Path, help="the downloaded GoT-6B folder")
     parser.add_argument("--qwen", required=True, type=Path, help="the Qwen2.5-VL-3B-Instruct folder")
     parser.add_argument("--models", required=True, type=Path, help="ComfyUI's models folder")
-    parser.add_argument("--name", default="GoT-6B", help="name of the outputs (default: GoT-6B)")
+    parser.add_argument("--name", default=DEFAULT_NAME, help=f"name of the outputs (default: {DEFAULT_NAME})")
     parser.add_argument("--lora-alpha", type=float, default=GOT_LORA_ALPHA,
                         help=f"LoRA alpha of the checkpoint (default: {GOT_LORA_ALPHA:g}, GoT's)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier conversion")

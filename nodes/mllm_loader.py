@@ -14,7 +14,7 @@ from comfy_api.latest import io
 import folder_paths
 
 from ..got_backend.reasoning.mllm import GoTMLLM
-from ..got_backend.weights.models_dir import CONVERTED_MARKER, QWEN_BASE_NAME, RELEASE_INDEX
+from ..got_backend.weights.models_dir import PROJECTORS_FILE, QWEN_BASE_NAME, RELEASE_INDEX, mllm_layout
 from .model_management import DTYPE_CHOICES, ManagedMLLM, mllm_devices, mllm_dtype
 from .types import GotMLLM
 from ..got_backend.errors import GoTError
@@ -64,9 +64,10 @@ def load_got_mllm(name: str, qwen_name: str, dtype_choice: str) -> ManagedMLLM:
     folder = resolve_model_folder(name)
     load_device, offload_device = mllm_devices()
     dtype = mllm_dtype(dtype_choice, load_device)
-    if (folder / CONVERTED_MARKER).is_file():
+    layout = mllm_layout(folder)
+    if layout == "converted":
         got = GoTMLLM.from_converted(folder, dtype=dtype, device=offload_device)
-    elif (folder / RELEASE_INDEX).is_file():
+    elif layout == "release":
         if qwen_name == NO_QWEN:
             raise ModelFolderError(
                 f"{name} is the GoT-6B release (pickle shards), which needs the {QWEN_BASE_NAME} folder for its "
@@ -75,7 +76,7 @@ def load_got_mllm(name: str, qwen_name: str, dtype_choice: str) -> ManagedMLLM:
         got = GoTMLLM.from_release(folder, resolve_model_folder(qwen_name), dtype=dtype, device=offload_device)
     else:
         raise ModelFolderError(
-            f"{name} holds a model but not GoT's: it has no {CONVERTED_MARKER} (a converted GoT) and no "
+            f"{name} holds a model but not GoT's: it has no {PROJECTORS_FILE} (a converted GoT) and no "
             f"{RELEASE_INDEX} (the GoT-6B release). Pick the GoT folder; {QWEN_BASE_NAME} goes in qwen_folder")
     return ManagedMLLM(got, name, load_device, offload_device)
 
@@ -95,7 +96,7 @@ class GoTMLLMLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("model_folder", options=folders,
                                tooltip="The GoT MLLM folder in models/LLM: a converted folder (with "
-                                       f"{CONVERTED_MARKER}, from `python -m got_backend.convert`) or the raw "
+                                       f"{PROJECTORS_FILE}, from `python -m got_backend.convert`) or the raw "
                                        "GoT-6B release (pytorch_model.bin.index.json and 5 .bin shards)."),
                 io.Combo.Input("qwen_folder", options=[NO_QWEN, *folders], default=NO_QWEN,
                                tooltip=f"Only for the raw GoT-6B release: the {QWEN_BASE_NAME} folder in models/LLM "

@@ -1,12 +1,7 @@
 """Finding GoT's files in a ComfyUI-style models folder and loading the UNet and VAE from them.
 
-Two layouts are accepted (README, "Model files"):
-
-converted (`python -m got_backend.convert`)      released (as downloaded)
-  LLM/GoT-6B/  (config.json, model.safetensors,   LLM/GoT-6B/  (pytorch_model.bin.index.json + 5 shards)
-               got_projectors.safetensors, ...)   LLM/Qwen2.5-VL-3B-Instruct/  (tokenizer, processor, config)
-  diffusion_models/GoT-6B-unet.safetensors        (UNet and VAE are read from the release)
-  vae/GoT-6B-vae.safetensors or vae/sdxl_vae.safetensors
+Two layouts are accepted, converted (`python -m got_backend.convert`) or as released; `layout_help` says
+which files go where (README, "Model files"), `mllm_layout` tells the two apart.
 """
 
 from __future__ import annotations
@@ -14,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -27,7 +22,10 @@ from ..errors import GoTError
 DEFAULT_NAME = "GoT-6B"
 QWEN_BASE_NAME = "Qwen2.5-VL-3B-Instruct"
 RELEASE_INDEX = "pytorch_model.bin.index.json"
-CONVERTED_MARKER = "got_projectors.safetensors"
+PROJECTORS_FILE = "got_projectors.safetensors"  # written by the converter: it marks a converted folder
+RELEASE_URL = "https://huggingface.co/LucasFang/GoT-6B"
+QWEN_URL = f"https://huggingface.co/Qwen/{QWEN_BASE_NAME}"
+RELEASE_FILES = f"{RELEASE_INDEX} + pytorch_model-0000N-of-00005.bin"
 SDXL_VAE_NAMES = ("sdxl_vae.safetensors", "sdxl-vae-fp16-fix.safetensors")
 LDM_VAE_MARKER = "encoder.down.0.block.0.conv1.weight"
 
@@ -52,18 +50,33 @@ class GoTFiles:
         return self.qwen_base is not None
 
 
+def converted_paths(models_dir: Path, name: str) -> tuple[Path, Path, Path]:
+    """Where the converter writes GoT named `name` and where `locate` finds it: MLLM folder, UNet, VAE."""
+    return (models_dir / "LLM" / name, models_dir / "diffusion_models" / f"{name}-unet.safetensors",
+            models_dir / "vae" / f"{name}-vae.safetensors")
+
+
+def mllm_layout(folder: Path) -> Literal["converted", "release"] | None:
+    """Which layout an MLLM folder holds: the converter's, the release's, or neither (None)."""
+    if (folder / PROJECTORS_FILE).is_file() and (folder / "config.json").is_file():
+        return "converted"
+    if (folder / RELEASE_INDEX).is_file():
+        return "release"
+    return None
+
+
 def layout_help(models_dir: Path, name: str = DEFAULT_NAME) -> str:
+    """Which files go where in a models folder, in both layouts (for error messages and --help)."""
+    llm, unet, vae = converted_paths(Path(), name)
     return (f"GoT's files go into {models_dir} like this (ComfyUI's models folder):\n"
-            f"  either converted (python -m got_backend.convert --release GoT-6B --qwen {QWEN_BASE_NAME} "
+            f"  either converted (python -m got_backend.convert --release {DEFAULT_NAME} --qwen {QWEN_BASE_NAME} "
             f"--models {models_dir}):\n"
-            f"    LLM/{name}/                                config.json, model.safetensors, "
-            f"{CONVERTED_MARKER}, tokenizer files\n"
-            f"    diffusion_models/{name}-unet.safetensors\n"
-            f"    vae/{name}-vae.safetensors  (or SDXL's vae/sdxl_vae.safetensors)\n"
-            f"  or as released (https://huggingface.co/LucasFang/GoT-6B, "
-            f"https://huggingface.co/Qwen/{QWEN_BASE_NAME}):\n"
-            f"    LLM/{name}/                                {RELEASE_INDEX} + pytorch_model-0000N-of-00005.bin\n"
-            f"    LLM/{QWEN_BASE_NAME}/                 config.json, tokenizer and processor files")
+            f"    {str(llm) + '/':42} config.json, model.safetensors, {PROJECTORS_FILE}, tokenizer files\n"
+            f"    {unet}\n"
+            f"    {vae}  (or SDXL's vae/{SDXL_VAE_NAMES[0]})\n"
+            f"  or as released ({RELEASE_URL}, {QWEN_URL}):\n"
+            f"    {str(llm) + '/':42} {RELEASE_FILES}\n"
+            f"    {'LLM/' + QWEN_BASE_NAME + '/':42} config.json, tokenizer and processor files")
 
 
 def locate(models_dir: str | Path, name: str = DEFAULT_NAME, vae: str | None = None) -> GoTFiles:
@@ -72,32 +85,33 @@ def locate(models_dir: str | Path, name: str = DEFAULT_NAME, vae: str | None = N
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         raise ModelFilesError(f"the models folder {models_dir} does not exist.\n{layout_help(models_dir, name)}")
-    llm = models_dir / "LLM" / name
-    if (llm / CONVERTED_MARKER).is_file() and (llm / "config.json").is_file():
-        unet = models_dir / "diffusion_models" / f"{name}-unet.safetensors"
+    llm, unet, _ = converted_paths(models_dir, name)
+    layout = mllm_layout(llm)
+    if layout == "converted":
         if not unet.is_file():
             raise ModelFilesError(f"found the converted MLLM {llm} but not its UNet {unet}.\n"
                                   + layout_help(models_dir, name))
         return GoTFiles(llm, None, unet, _find_vae(models_dir, name, vae))
-    if (llm / RELEASE_INDEX).is_file():
+    if layout == "release":
         base = models_dir / "LLM" / QWEN_BASE_NAME
         if not (base / "config.json").is_file():
             raise ModelFilesError(f"found the released GoT checkpoint {llm} but not the {QWEN_BASE_NAME} folder "
                                   f"{base} it needs (tokenizer, processor, config).\n" + layout_help(models_dir, name))
         return GoTFiles(llm, base, None, _find_vae(models_dir, name, vae) if vae else None)
     raise ModelFilesError(f"no GoT model named {name!r} in {models_dir}: {llm} holds neither a converted model "
-                          f"({CONVERTED_MARKER}) nor the release ({RELEASE_INDEX}).\n" + layout_help(models_dir, name))
+                          f"({PROJECTORS_FILE}) nor the release ({RELEASE_INDEX}).\n" + layout_help(models_dir, name))
 
 
 def _find_vae(models_dir: Path, name: str, chosen: str | None) -> Path:
-    folder = models_dir / "vae"
-    candidates = (chosen,) if chosen else (f"{name}-vae.safetensors", *SDXL_VAE_NAMES)
+    default = converted_paths(models_dir, name)[2]
+    folder = default.parent
+    candidates = (chosen,) if chosen else (default.name, *SDXL_VAE_NAMES)
     for candidate in candidates:
         path = folder / candidate
         if path.is_file() and path.parent == folder:
             return path
     raise ModelFilesError(f"no VAE in {folder}: looked for {', '.join(candidates)}. GoT uses SDXL's VAE; "
-                          f"put sdxl_vae.safetensors (or the converter's {name}-vae.safetensors) there.\n"
+                          f"put {SDXL_VAE_NAMES[0]} (or the converter's {default.name}) there.\n"
                           + layout_help(models_dir, name))
 
 
