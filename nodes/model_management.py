@@ -17,11 +17,11 @@ import comfy.model_patcher
 from ..got_backend.ssgm.chain import GoTChain
 from ..got_backend.reasoning.mllm import GoTMLLM
 from ..got_backend.reasoning.semantic import SemanticGuidance
+from ..got_backend.weights.mllm_files import MLLMLoadError, resolve_dtype
 from .types import chain_reasoning
 from ..got_backend.errors import GoTError
 
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
-_FIXED_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class PartialLoadError(GoTError):
@@ -37,10 +37,10 @@ def mllm_devices() -> tuple[torch.device, torch.device]:
 def mllm_dtype(choice: str, device: torch.device) -> torch.dtype:
     """The dtype for a dtype choice; "auto" is bf16 where the device supports it, else fp32. Never fp16 by
     itself: Qwen2.5-VL's activations overflow fp16 and the chain comes out as garbage, with no error."""
-    if choice in _FIXED_DTYPES:
-        return _FIXED_DTYPES[choice]
+    if choice not in DTYPE_CHOICES:
+        raise MLLMLoadError(f"unknown MLLM dtype {choice!r}: choose one of {', '.join(DTYPE_CHOICES)}")
     if choice != "auto":
-        raise ValueError(f"unknown MLLM dtype {choice!r}: choose one of {', '.join(DTYPE_CHOICES)}")
+        return resolve_dtype(choice)
     if comfy.model_management.should_use_bf16(device):
         return torch.bfloat16
     return torch.float32
