@@ -73,29 +73,60 @@ def denoise(unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScal
     `generator` draws the starting noise and then, as in the reference, the noise each DDPM step adds.
     Latents stay in `latent_dtype`; the UNet's inputs are cast to the UNet's dtype and its prediction back.
     """
-    check_output_size(width, height)
-    cond.check(width, height)
-    device, unet_dtype = unet.device, unet.dtype
-    scheduler = sdxl_ddpm_scheduler()
-    scheduler.set_timesteps(check_steps(steps), device=device)
-    latents = initial_latents(width, height, generator, latent_dtype, device, scheduler)
-
-    branches = needed_branches(*scales) if skip_zero_weight else BRANCHES
-    context, extra = (t.to(device, unet_dtype) for t in branch_batch(cond, branches))
-    batch = len(branches)
-    # [1, ...] for the whole batch, as the reference passes them (the UNet broadcasts the added embedding)
-    added = {"text_embeds": cond.pooled.to(device, unet_dtype),
-             "time_ids": add_time_ids(width, height).to(device, unet_dtype)}
-
-    for index, t in enumerate(scheduler.timesteps):
-        noisy = scheduler.scale_model_input(latents, t).to(unet_dtype).expand(batch, -1, -1, -1)
-        eps = unet(torch.cat([noisy, extra], dim=1), t, encoder_hidden_states=context,
-                   added_cond_kwargs=added, return_dict=False)[0].to(latent_dtype)
-        if skip_zero_weight:
-            guided = combine_branches(dict(zip(branches, eps.split(1))), *scales)
-        else:
-            guided = combine_got_cfg(*eps.split(1), *scales)
-        latents = scheduler.step(guided, t, latents, generator=generator, return_dict=False)[0]
+    run = DenoiseRun(unet, cond, scales, width=width, height=height, steps=steps, generator=generator,
+                     latent_dtype=latent_dtype, skip_zero_weight=skip_zero_weight)
+    while not run.finished:
+        run.step()
         if on_step is not None:
-            on_step(index + 1, steps)
-    return latents
+            on_step(run.done, steps)
+    return run.latents
+
+
+class DenoiseRun:
+    """`denoise` one DDPM step at a time, so that several candidates can be run in lockstep, looked at between
+    steps (`predicted_x0`: the scheduler's estimate of the final latents) and left unfinished (docs/ALGORITHM.md
+    §13). Stepping a run to the end gives exactly `denoise`'s latents."""
+
+    def __init__(self, unet: UNet2DConditionModel, cond: Conditioning, scales: GuidanceScales, *, width: int,
+                 height: int, steps: int = DEFAULT_STEPS, generator: torch.Generator, latent_dtype: torch.dtype,
+                 skip_zero_weight: bool = True) -> None:
+        check_output_size(width, height)
+        cond.check(width, height)
+        self.unet, self.scales, self.generator = unet, scales, generator
+        self.latent_dtype, self.skip_zero_weight = latent_dtype, skip_zero_weight
+        device, unet_dtype = unet.device, unet.dtype
+        self.scheduler = sdxl_ddpm_scheduler()
+        self.scheduler.set_timesteps(check_steps(steps), device=device)
+        self.latents = initial_latents(width, height, generator, latent_dtype, device, self.scheduler)
+        self.predicted_x0: torch.Tensor | None = None  # after the first step
+        self.done = 0  # steps taken
+
+        self.branches = needed_branches(*scales) if skip_zero_weight else BRANCHES
+        self.context, self.extra = (t.to(device, unet_dtype) for t in branch_batch(cond, self.branches))
+        # [1, ...] for the whole batch, as the reference passes them (the UNet broadcasts the added embedding)
+        self.added = {"text_embeds": cond.pooled.to(device, unet_dtype),
+                      "time_ids": add_time_ids(width, height).to(device, unet_dtype)}
+
+    @property
+    def steps(self) -> int:
+        return len(self.scheduler.timesteps)
+
+    @property
+    def finished(self) -> bool:
+        return self.done == self.steps
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One UNet call (all needed branches batched) and one DDPM step."""
+        t = self.scheduler.timesteps[self.done]
+        noisy = self.scheduler.scale_model_input(self.latents, t).to(self.unet.dtype)
+        noisy = noisy.expand(len(self.branches), -1, -1, -1)
+        eps = self.unet(torch.cat([noisy, self.extra], dim=1), t, encoder_hidden_states=self.context,
+                        added_cond_kwargs=self.added, return_dict=False)[0].to(self.latent_dtype)
+        if self.skip_zero_weight:
+            guided = combine_branches(dict(zip(self.branches, eps.split(1))), *self.scales)
+        else:
+            guided = combine_got_cfg(*eps.split(1), *self.scales)
+        self.latents, self.predicted_x0 = self.scheduler.step(guided, t, self.latents, generator=self.generator,
+                                                              return_dict=False)
+        self.done += 1
