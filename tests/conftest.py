@@ -32,6 +32,14 @@ def tiny_mllm_folder(tiny_models_dir: Path) -> Path:
     return tiny_models_dir / "LLM" / "GoT-6B"
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Qwen2.5-VL-3B-Instruct-like folder with safetensors weights (a chat model, not GoT)."""
+    from got_backend.testing.fixtures import make_tiny_vlm
+
+    return make_tiny_vlm(tmp_path_factory.mktemp("vlm") / "Qwen2.5-VL-3B-Instruct")
+
+
 def comfyui_dir() -> Path | None:
     """The ComfyUI checkout integration tests run against (COMFYUI_DIR), or None."""
     value = os.environ.get("COMFYUI_DIR")

@@ -8,6 +8,7 @@ from PIL import Image
 
 from ..errors import GoTError
 from ..images import ImageInput, as_rgb_image
+from .decoding import TokenSequence, VisionInput
 
 T2I_INSTRUCTION = "Follow the caption to generate an image through a chain of thought process: {prompt}"
 EDIT_INSTRUCTION = "Follow the instruction to edit the given image through a chain of thought process: {prompt}"
@@ -32,12 +33,27 @@ def instruction(prompt: str, task: Task) -> str:
     raise PromptError(f"unknown task {task!r}: use 't2i' (text to image) or 'edit'")
 
 
-def chat_messages(text: str, with_image: bool) -> list[dict]:
-    """One user turn for the Qwen2.5-VL chat template; an input image comes before the text."""
+def chat_messages(text: str, with_image: bool, system: str | None = None) -> list[dict]:
+    """One user turn for the Qwen2.5-VL chat template; an input image comes before the text. Without
+    `system` the template writes Qwen's default system turn ("You are a helpful assistant.")."""
     content: list[dict] = [{"type": "text", "text": text}]
     if with_image:
         content.insert(0, {"type": "image"})
-    return [{"role": "user", "content": content}]
+    messages = [{"role": "user", "content": content}]
+    return ([{"role": "system", "content": system}] if system is not None else []) + messages
+
+
+def chat_sequence(processor, text: str, view: Image.Image | None, system: str | None = None) -> TokenSequence:
+    """The chat-templated user turn (after `view`, an image as `condition_image` gives it) with the generation
+    prompt, as the processor tokenizes it."""
+    chat = processor.apply_chat_template(chat_messages(text, view is not None, system), tokenize=False,
+                                         add_generation_prompt=True)
+    batch = processor(text=[chat], images=[view] if view is not None else None, return_tensors="pt")
+    ids = tuple(batch["input_ids"][0].tolist())
+    if view is None:
+        return TokenSequence(ids)
+    grid = tuple(int(n) for n in batch["image_grid_thw"][0])
+    return TokenSequence(ids, (VisionInput(view, batch["pixel_values"], grid),))
 
 
 def condition_image(image: ImageInput, what: str = "image") -> Image.Image:

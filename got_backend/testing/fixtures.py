@@ -5,6 +5,7 @@ through the code a user's real files go through:
 
 - `make_qwen_base(dir)`: a Qwen2.5-VL-3B-Instruct-like folder (flat transformers-4.49 config.json, the real
   Qwen2.5 BPE tokenizer rebuilt from dashscope's `qwen.tiktoken`, processor config, chat template).
+- `make_tiny_vlm(dir)`: the same folder with random weights in model.safetensors (a plain Qwen2.5-VL chat model).
 - `make_got_release(dir, base)`: a GoT-6B-like folder: `pytorch_model.bin.index.json` plus five pickle
   shards holding one state dict with PEFT-wrapped MLLM keys in transformers-4.49 names, the two projectors,
   a 12-channel SDXL-structured UNet (diffusers names) and the SDXL VAE (diffusers names, fp16).
@@ -180,6 +181,19 @@ def make_qwen_base(folder: str | Path) -> Path:
         {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643, "do_sample": False}))
     write_qwen_tokenizer(folder)
     return folder
+
+
+def make_tiny_vlm(folder: str | Path, seed: int = 1) -> Path:
+    """The base Qwen2.5-VL-3B-Instruct folder with (tiny, random) weights, as Hugging Face saves it
+    (model.safetensors): what a chat model or judge loads when it is not GoT's MLLM."""
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    folder = make_qwen_base(folder)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(folder, local_files_only=True),
+                                                            dtype=torch.float32)
+    model.save_pretrained(folder, safe_serialization=True)
+    return make_qwen_base(folder)  # the released config and generation config again, over the ones just saved
 
 
 def unet_config() -> dict:
