@@ -8,7 +8,7 @@ from typing_extensions import override
 
 import comfy.samplers
 
-from ..got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, combine_branches, needed_branches
+from ..got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, cfg_pair, combine_branches, needed_branches
 from .types import Conditioning, GotBranches
 
 
@@ -18,10 +18,13 @@ class GoTGuider(comfy.samplers.CFGGuider):
 
     calc_cond_batch returns denoised predictions x - sigma * eps_b rather than eps_b; GoT's branch weights sum to
     1, so the same weighted sum of the denoised predictions is exactly the denoised prediction of GoT's eps.
-    ComfyUI's CFG hooks assume a cond/uncond pair and are not applied: sampler_cfg_function,
-    sampler_pre_cfg_function, sampler_post_cfg_function (CFG++ samplers, some model patches) and
-    sampler_calc_cond_batch_function. The branches are not named positive/negative, so ControlNets marked
-    "apply to uncond" and GLIGEN are not spread across them either."""
+
+    GoT's combination is the CFG, and ComfyUI's CFG hooks are re-run around it, as core's own multi-branch
+    guider does (comfy_extras/nodes_perpneg.py): sampler_pre_cfg_function on the branch predictions, then
+    sampler_cfg_function (e.g. RescaleCFG) and sampler_post_cfg_function (CFG++ samplers, CFGNorm, ...) on a
+    cond/uncond pair whose plain CFG is GoT's guidance (guidance.cfg_pair: cond = branch C, the full guidance).
+    sampler_calc_cond_batch_function is not applied, and the branches are not named positive/negative, so
+    ControlNets marked "apply to uncond" and GLIGEN are not spread across them."""
 
     def set_guidance(self, branches: dict[str, Conditioning], a_t: float, a_s: float, a_r: float) -> None:
         self.scales = (a_t, a_s, a_r)
@@ -32,8 +35,31 @@ class GoTGuider(comfy.samplers.CFGGuider):
     def predict_noise(self, x: torch.Tensor, timestep: torch.Tensor, model_options: dict = {},
                       seed: int | None = None) -> torch.Tensor:  # noqa: B006 - CFGGuider's signature
         conds = [self.conds[name] for name in self.branch_names]
-        denoised = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
-        return combine_branches(dict(zip(self.branch_names, denoised)), *self.scales)
+        out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
+        for fn in model_options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": conds, "conds_out": out, "cond_scale": self.scales[0], "timestep": timestep,
+                      "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options})
+        denoised = dict(zip(self.branch_names, out))
+        return self.patched_cfg(x, timestep, denoised, combine_branches(denoised, *self.scales), model_options)
+
+    def patched_cfg(self, x: torch.Tensor, timestep: torch.Tensor, denoised: dict[str, torch.Tensor],
+                    guided: torch.Tensor, model_options: dict) -> torch.Tensor:
+        """What comfy.samplers.cfg_function does after its plain CFG, with GoT's guidance as that CFG."""
+        positive = "C" if "C" in denoised else self.branch_names[0]
+        cond_pred = denoised[positive]
+        uncond_pred, scale = cfg_pair(guided, cond_pred, self.scales[0])
+        cond, uncond = self.conds[positive], self.conds.get("U")
+        if "sampler_cfg_function" in model_options:
+            guided = x - model_options["sampler_cfg_function"]({
+                "cond": x - cond_pred, "uncond": x - uncond_pred, "cond_scale": scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "cond_denoised": cond_pred, "uncond_denoised": uncond_pred,
+                "model": self.inner_model, "model_options": model_options, "input_cond": cond,
+                "input_uncond": uncond})
+        for fn in model_options.get("sampler_post_cfg_function", []):
+            guided = fn({"denoised": guided, "cond": cond, "uncond": uncond, "cond_scale": scale,
+                         "model": self.inner_model, "uncond_denoised": uncond_pred, "cond_denoised": cond_pred,
+                         "sigma": timestep, "model_options": model_options, "input": x})
+        return guided
 
 
 def _scale_input(name: str, default: float, edit: float, meaning: str) -> io.Float.Input:

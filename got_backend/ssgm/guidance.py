@@ -81,3 +81,11 @@ def combine_branches(eps: dict[str, torch.Tensor], a_t: float, a_s: float, a_r: 
     for name in needed[1:]:
         total = total + weights[name] * eps[name]
     return total
+
+
+def cfg_pair(guided: torch.Tensor, cond: torch.Tensor, a_t: float) -> tuple[torch.Tensor, float]:
+    """An uncond prediction and a scale s with uncond + s (cond - uncond) = guided, for hooks written for a
+    cond/uncond pair (ComfyUI's sampler_cfg_function and post-CFG patches): plain CFG of that pair is GoT's
+    guidance. s is a_t, the scale that plays CFG's role (2 where a_t is 1 and no uncond would do)."""
+    scale = a_t if abs(a_t - 1.0) > 1e-3 else 2.0
+    return (guided - scale * cond) / (1.0 - scale), scale

@@ -313,6 +313,27 @@ class Recorder:
         return denoised
 
 
+def one_evaluation(guider, model) -> Recorder:
+    """The guider evaluated once, at sigma index 700, on fixed noise."""
+    import comfy.samplers
+
+    recorder = Recorder()
+    sigmas = torch.stack([model.model.model_sampling.sigmas[700], torch.tensor(0.0)])
+    noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(9))
+    guider.sample(noise, torch.zeros_like(noise), comfy.samplers.KSAMPLER(recorder), sigmas, disable_pbar=True)
+    return recorder
+
+
+def branch_predictions(model_patcher, branches, x, sigma) -> dict[str, torch.Tensor]:
+    """Each branch's denoised prediction by its own apply_model call."""
+    model, out = model_patcher.model, {}
+    with torch.no_grad():
+        for name, [[context, extra]] in branches.items():
+            out[name] = model.apply_model(x, sigma, c_concat=extra["noise_concat"], c_crossattn=context,
+                                          y=sdxl_adm(model, extra["pooled_output"]))
+    return out
+
+
 @pytest.mark.parametrize("scales", [(7.5, 4.0, 1.0), (4.0, 3.0, 1.5)], ids=["t2i-defaults", "edit-defaults"])
 def test_guider_step_equals_four_branches_and_the_formula(inproc, got_model, scales):
     """One guider evaluation == four separate apply_model calls combined with combine_got_cfg on eps; the
@@ -325,27 +346,50 @@ def test_guider_step_equals_four_branches_and_the_formula(inproc, got_model, sca
     (guider,) = node.execute(got_model, branches, *scales)
     calls = []
     hook = got_model.model.diffusion_model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
-    recorder = Recorder()
     try:
-        sigmas = torch.stack([got_model.model.model_sampling.sigmas[700], torch.tensor(0.0)])
-        noise = torch.randn(1, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(9))
-        guider.sample(noise, torch.zeros_like(noise), comfy.samplers.KSAMPLER(recorder), sigmas, disable_pbar=True)
+        recorder = one_evaluation(guider, got_model)
     finally:
         hook.remove()
     assert calls == [len(guidance.needed_branches(*scales))]
     x, sigma = recorder.seen["x"], recorder.seen["sigma"]
-    model = got_model.model
-    eps = {}
-    with torch.no_grad():
-        for name in guidance.BRANCHES:
-            [[context, extra]] = branches[name]
-            denoised = model.apply_model(x, sigma, c_concat=extra["noise_concat"], c_crossattn=context,
-                                         y=sdxl_adm(model, extra["pooled_output"]))
-            eps[name] = (x - denoised) / sigma
+    eps = {name: (x - denoised) / sigma for name, denoised in branch_predictions(got_model, branches, x, sigma).items()}
     expected = x - sigma * guidance.combine_got_cfg(eps["C"], eps["T"], eps["I"], eps["U"], *scales)
     diff = (recorder.seen["denoised"] - expected).abs().max().item()
     print(f"GoT Guider vs 4 apply_model calls + formula ({scales}): max |diff| {diff:.2e}")
     assert diff < 1e-4 * max(1.0, expected.abs().max().item())
+
+
+def test_cfg_patches_apply_to_gots_guidance(inproc, got_model):
+    """Core's RescaleCFG (a sampler_cfg_function) and CFGNorm (a sampler_post_cfg_function) patch the model
+    before the GoT Guider, as in a graph: GoT's guidance stays the CFG and the patches act on it, with branch C
+    (the full guidance) as the cond prediction."""
+    from comfy_extras.nodes_cfg import CFGNorm
+    from comfy_extras.nodes_model_advanced import RescaleCFG
+
+    _, branches = make_branches(inproc, 8)
+    guider_node = inproc.pack_module("nodes.guider").GoTGuiderNode
+
+    def denoised(model):
+        recorder = one_evaluation(guider_node.execute(model, branches, 7.5, 4.0, 1.0)[0], model)
+        return recorder.seen["x"], recorder.seen["sigma"], recorder.seen["denoised"]
+
+    x, sigma, plain = denoised(got_model)
+    cond = branch_predictions(got_model, branches, x, sigma)["C"]
+    s = sigma.view(-1, 1, 1, 1)
+
+    def v_pred(d):  # RescaleCFG works on v-predictions
+        return (x / (s ** 2 + 1) - d) * (s ** 2 + 1) ** 0.5 / s
+
+    # multiplier 0: RescaleCFG's plain CFG of the pair it is given is GoT's guidance
+    assert torch.allclose(denoised(RescaleCFG().patch(got_model, 0.0)[0])[2], plain, atol=1e-4)
+    # multiplier 1: the guided v-prediction rescaled to the std of branch C's
+    rescaled = denoised(RescaleCFG().patch(got_model, 1.0)[0])[2]
+    assert (rescaled - plain).abs().max() > 1e-3
+    torch.testing.assert_close(v_pred(rescaled).std(), v_pred(cond).std(), rtol=1e-4, atol=1e-6)
+    # CFGNorm (post-CFG): GoT's result scaled by min(1, |C| / |result|) * strength, channel norms
+    normed = denoised(CFGNorm.execute(got_model, 0.5)[0])[2]
+    scale = (cond.norm(dim=1, keepdim=True) / (plain.norm(dim=1, keepdim=True) + 1e-8)).clamp(0.0, 1.0)
+    torch.testing.assert_close(normed, plain * scale * 0.5, rtol=1e-4, atol=1e-5)
 
 
 def test_ksampler_and_sampler_custom_advanced_run_with_got_conditioning(inproc, got_model):
