@@ -19,6 +19,7 @@ OUTPUTS = {  # node id -> (V1 RETURN_TYPES, RETURN_NAMES)
     "GoTReasoner": (("GOT_CHAIN", "STRING"), ("chain", "text")),
     "GoTNextTurn": (("GOT_CHAIN", "STRING"), ("chain", "text")),
     "GoTChainParser": (("GOT_CHAIN", "STRING", "STRING"), ("chain", "boxes", "text")),
+    "GoTPlanEditor": (("GOT_CHAIN", "STRING", "STRING"), ("chain", "boxes", "text")),
     "GoTMaskFromBoxes": (("MASK", "IMAGE"), ("masks", "layout")),
     "GoTUNetLoader": (("MODEL",), ("model",)),
     "GoTReferenceEncoder": (("LATENT", "INT", "INT"), ("reference", "final_width", "final_height")),

@@ -22,7 +22,7 @@ UI_DIR = REPO / "workflows"
 API_DIR = REPO / "tests" / "workflows_api"
 WORKFLOWS = ("GoT text-to-image", "GoT image editing", "GoT interactive generation")
 MLLM_NODES = {"GoTMLLMLoader": "GoT/loaders", "GoTReasoner": "GoT/reasoning", "GoTNextTurn": "GoT/reasoning",
-              "GoTChainParser": "GoT/reasoning"}
+              "GoTChainParser": "GoT/reasoning", "GoTPlanEditor": "GoT/reasoning"}
 FRONTEND_ONLY = {"MarkdownNote", "Note"}
 BOI = "<|im_gen_start|>"
 CHAIN = ("A <|object_ref_start|>red apple<|object_ref_end|><|box_start|>(100,300),(480,800)<|box_end|> (red) and a "
@@ -195,12 +195,12 @@ def test_editing_template_renders_at_the_source_aspect(comfyui_server, source_im
 
 def test_interactive_template_rerenders_only_after_the_edit(comfyui_server):
     graph = small(twin("GoT interactive generation"), chain_start="")  # the tiny MLLM writes 8 tokens
-    (parser,) = nodes_of(graph, "GoTChainParser")
-    parser["inputs"]["text"] = CHAIN  # the user's plan replaces them
+    (editor,) = nodes_of(graph, "GoTPlanEditor")
+    editor["inputs"]["plan"] = CHAIN  # the user's plan replaces them
     first, _ = ran(comfyui_server, graph, "GoT interactive generation (64x64, 2 steps)")
     reasoned = first["outputs"]["2"]["text"][0]
     assert reasoned != CHAIN and first["outputs"]["3"]["text"][0].startswith('1. "red apple" (100,300)-(480,800) red')
-    parser["inputs"]["text"] = CHAIN.replace("(green)", "(gold)").replace("(520,250)", "(560,250)")
+    editor["inputs"]["plan"] = CHAIN.replace("(green)", "(gold)").replace("(520,250)", "(560,250)")
     second, _ = ran(comfyui_server, graph, "GoT interactive generation, chain edited")
     assert {"1", "2", "4", "7"} <= cached_nodes(second)  # the Reasoner did not run again
     assert not {"3", "6", "13", "15"} & cached_nodes(second)  # the edited plan and what follows did
@@ -313,10 +313,10 @@ def test_an_edit_without_an_image_is_a_node_error(comfyui_server):
 
 def test_an_unknown_colour_in_the_edited_chain_is_a_node_error(comfyui_server):
     graph = small(twin("GoT interactive generation"))
-    (parser,) = nodes_of(graph, "GoTChainParser")
-    parser["inputs"]["text"] = CHAIN.replace("(green)", "(blurple)")
+    (editor,) = nodes_of(graph, "GoTPlanEditor")
+    editor["inputs"]["plan"] = CHAIN.replace("(green)", "(blurple)")
     error = comfyui_server.execution_error(comfyui_server.run(graph))
-    assert error["node_type"] == "GoTChainParser"
+    assert error["node_type"] == "GoTPlanEditor"
     assert "'blurple', which is not a colour name" in error["exception_message"]
     assert f"at character {CHAIN.index('<|object_ref_start|>green pear')}" in error["exception_message"]
 

@@ -94,6 +94,13 @@ def sampling(chain: tuple[int, int], scales: tuple[float, float, float], x: int 
     ]
 
 
+def plan_editor(node_id: int, chain: tuple[int, int], pos: tuple[int, int], image: tuple[int, int] | None = None,
+                title: str | None = None) -> Node:
+    """The GoT Plan Editor over the Reasoner's chain: unedited (plan empty) it passes the model's plan on."""
+    return Node(node_id, "GoTPlanEditor", pos, (380, 640), {"plan": "", "edited_from": ""},
+                sized({"chain": chain, **({"image": image} if image else {})}), title=title)
+
+
 def layout_preview(node_id: int, chain: tuple[int, int], pos: tuple[int, int], title: str | None = None) -> list[Node]:
     return [Node(node_id, "GoTMaskFromBoxes", pos, (330, 110), links=sized({"chain": chain}), title=title),
             Node(node_id + 1, "PreviewImage", (pos[0], pos[1] + 150), (330, 330), links={"images": (node_id, 1)},
@@ -123,16 +130,18 @@ def editing() -> list[Node]:
         Node(3, "LoadImage", (20, 690), (330, 360), {"image": "example.png"}, title="image to edit"),
         reasoner(EDIT_PROMPT, "edit", image=(3, 0)),
         Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0), "image": (3, 0)})),
-        *sampling((2, 0), (4.0, 3.0, 1.5)),
+        plan_editor(19, (2, 0), (850, 1200), image=(3, 0)),
+        *sampling((19, 0), (4.0, 3.0, 1.5)),
         Node(18, "ImageScale", (1590, 290), (300, 130), {"upscale_method": "bicubic", "crop": "disabled"},
              {"image": (14, 0), "width": (5, 1), "height": (5, 2)}, title="back to the source's aspect ratio"),
         Node(15, "SaveImage", (1590, 470), (520, 560), {"filename_prefix": "GoT/edit"}, {"images": (18, 0)}),
-        *layout_preview(16, (2, 0), (850, 670), "layout of the edit"),
+        *layout_preview(16, (19, 0), (850, 670), "layout of the edit"),
         note(30, (390, 680), (420, 300),
              "## GoT image editing\nLoad the image to edit and write the instruction. The **GoT Reasoner** (task: "
              "edit) looks at the image and plans the edit step by step; the **Reference Encoder** gives the source "
              "image as reference guidance. The guider uses GoT's editing scales (a_t 4.0, a_s 3.0, a_r 1.5); the "
-             "result is resized back to the source's aspect ratio."),
+             "result is resized back to the source's aspect ratio.\n\nThe **GoT Plan Editor** shows the plan's boxes "
+             "over the image: drag one and queue again to re-render from your plan."),
     ]
 
 
@@ -140,7 +149,7 @@ def interactive() -> list[Node]:
     return [
         *loaders(), *size_nodes(),
         reasoner(T2I_PROMPT, "text-to-image"),
-        Node(3, "GoTChainParser", (850, 670), (380, 420), {"text": ""}, {"chain": (2, 0)}, title="edit the plan here"),
+        plan_editor(3, (2, 0), (850, 670), title="edit the plan here"),
         Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0)})),
         *sampling((3, 0), (7.5, 4.0, 1.0)),
         Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/interactive"}, {"images": (14, 0)}),
@@ -148,10 +157,10 @@ def interactive() -> list[Node]:
         *layout_preview(26, (3, 0), (1590, 900), "edited layout"),
         note(30, (390, 680), (420, 380),
              "## GoT interactive generation\n1. Queue: the Reasoner writes the plan (shown on it) and the image is "
-             "rendered from it.\n2. Copy the plan into **edit the plan here** and change it: a phrase, a box "
-             "`(x1,y1),(x2,y2)` on a 0..1000 grid, or a colour `(red)`. Keep `<|im_gen_start|>` at the end.\n3. "
-             "Queue again: the Reasoner is not run again (its inputs did not change); the semantic tokens and the "
-             "layout are recomputed from your edited plan.\n\nEmpty the text box to go back to the Reasoner's plan."),
+             "rendered from it; the plan's boxes appear in **edit the plan here**.\n2. Change the plan there: drag "
+             "a box, pull its handles, add or delete an object, edit a phrase or a colour in the list.\n3. Queue "
+             "again: the Reasoner is not run again (its inputs did not change); the semantic tokens and the layout "
+             "are recomputed from your edited plan.\n\n\"back to the model's plan\" discards the edit."),
     ]
 
 
