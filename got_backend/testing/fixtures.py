@@ -14,6 +14,7 @@ through the code a user's real files go through:
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import shutil
 from dataclasses import dataclass
@@ -60,13 +61,13 @@ QWEN25_VL_CHAT_TEMPLATE = (
 
 
 def qwen_tiktoken_path() -> Path:
-    """The real Qwen BPE ranks, shipped inside the `dashscope` package."""
-    try:
-        import dashscope
-    except ImportError as err:
+    """The real Qwen BPE ranks, shipped inside the `dashscope` package (found, not imported: that file is all the
+    fixtures need, and importing dashscope pulls in its many dependencies, e.g. on a bare GPU machine)."""
+    spec = importlib.util.find_spec("dashscope")
+    if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the tiny fixtures rebuild the real Qwen tokenizer from the `dashscope` package's "
-                           "qwen.tiktoken: pip install dashscope") from err
-    path = Path(dashscope.__file__).parent / "resources" / "qwen.tiktoken"
+                           "qwen.tiktoken: pip install dashscope")
+    path = Path(spec.submodule_search_locations[0]) / "resources" / "qwen.tiktoken"
     if not path.is_file():
         raise RuntimeError(f"dashscope is installed but has no {path}")
     return path
