@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+from ..reasoning.tokens import EMBEDDING_ROWS
+
 # Sizes of the tiny stand-ins; the real ones are in docs/ALGORITHM.md §1.
 TEXT_HIDDEN = 64
 POOLED_DIM = 32
-VOCAB_ROWS = 151936
 LORA_RANK = 8
 LORA_ALPHA = 32  # GoT's alpha; with the tiny rank the merge scale is 4, so a missing scale shows
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -153,7 +154,7 @@ def qwen_config() -> dict:
         "num_hidden_layers": 2, "num_key_value_heads": 2, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
         "sliding_window": 32768, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
         "transformers_version": "4.49.0", "use_cache": True, "use_sliding_window": False,
-        "vocab_size": VOCAB_ROWS,
+        "vocab_size": EMBEDDING_ROWS,  # the real embedding: GoT's token ids must fit
         "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
         "vision_config": {
             "depth": 2, "hidden_act": "silu", "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
@@ -222,8 +223,10 @@ def vae_config() -> dict:
 
 
 def _peft_wrapped_mllm_state(base: Path, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The MLLM as GoT trains it (PEFT LoRA on the decoder, full copies of embed/lm_head/norms), with
-    trained-looking (nonzero) LoRA B and modules_to_save copies that differ from the originals."""
+    """The MLLM as GoT trains it (PEFT LoRA with GoT's target names, full copies of embed/lm_head/norms), with
+    trained-looking (nonzero) LoRA B and modules_to_save copies that differ from the originals. PEFT matches the
+    target names as module-name suffixes, as GoT's training config gives them, so the vision tower's MLP
+    projections (`visual.blocks.N.mlp.{gate,up,down}_proj`) carry LoRA pairs too, beside the decoder's layers."""
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers import AutoConfig
@@ -232,7 +235,7 @@ def _peft_wrapped_mllm_state(base: Path, generator: torch.Generator) -> dict[str
     config = AutoConfig.from_pretrained(base, local_files_only=True)
     model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.05,
-                      target_modules=r".*layers\.\d+\.(self_attn|mlp)\.(" + "|".join(LORA_TARGETS) + ")",
+                      target_modules=list(LORA_TARGETS),
                       modules_to_save=list(MODULES_TO_SAVE))
     peft_model = get_peft_model(model, lora)
     state = {}
