@@ -108,7 +108,8 @@ def comfyui_importable_here() -> str | None:
     return None
 
 
-def _import_comfyui(root: Path) -> None:
+def import_comfyui(root: Path, cpu: bool = True) -> None:
+    """ComfyUI's modules importable here, on the CPU unless `cpu` is False (bench/guider_step.py on a GPU)."""
     ours = sys.modules.get("nodes")
     if ours is not None and Path(getattr(ours, "__file__", "")).resolve() != root / "nodes.py":
         raise RuntimeError(f"`nodes` is already imported from {ours.__file__}, not from ComfyUI: import the pack as "
@@ -119,7 +120,7 @@ def _import_comfyui(root: Path) -> None:
     from comfy.cli_args import args
 
     # Outside main.py the command line is not parsed: --cpu must be set before model_management is imported.
-    args.cpu = True
+    args.cpu = cpu
     importlib.import_module("comfy.model_management")
     if ours is None:  # ComfyUI's nodes.py, which comfy_extras and the executor import as `nodes`
         spec = importlib.util.spec_from_file_location("nodes", root / "nodes.py")
@@ -127,7 +128,8 @@ def _import_comfyui(root: Path) -> None:
         spec.loader.exec_module(module)
 
 
-def _load_pack() -> types.ModuleType:
+def load_pack() -> types.ModuleType:
+    """This checkout imported as the package `comfyui_got`, as ComfyUI loads a custom node."""
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
     spec = importlib.util.spec_from_file_location(PACK_NAME, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
@@ -156,12 +158,12 @@ def inproc(comfyui_root: Path, tiny_models_dir: Path) -> InProcessComfy:
         loud_skip(f"in-process ComfyUI test skipped here: this interpreter ({sys.executable}) lacks ComfyUI's "
                   f"dependency `{missing}`; tests/comfyui/test_inprocess_suite.py re-runs these tests under "
                   "COMFYUI_PYTHON")
-    _import_comfyui(comfyui_root)
+    import_comfyui(comfyui_root)
     import folder_paths
 
     for folder in sorted(p for p in tiny_models_dir.iterdir() if p.is_dir()):
         folder_paths.add_model_folder_path(folder.name, str(folder))
-    return InProcessComfy(comfyui_root, tiny_models_dir, _load_pack())
+    return InProcessComfy(comfyui_root, tiny_models_dir, load_pack())
 
 
 # --- server ----------------------------------------------------------------------------------------------------
