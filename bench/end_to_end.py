@@ -19,11 +19,13 @@ Prints each stage's time, the end-to-end ratio, and peak VRAM with and without o
 
     python bench/end_to_end.py          # CUDA GPU (H100-class)
     python bench/end_to_end.py --tiny   # CPU smoke run of this script with the tiny test models
+    python bench/end_to_end.py --json out.json   # also write the figures as JSON (bench/gpu_check.py reads them)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -56,6 +58,8 @@ from reasoner import build_reasoner, peak_gib, peak_reset, sync  # noqa: E402
 PROMPT = "A sunlit kitchen table with a red teapot, two blue cups, a basket of oranges and a green plant"
 OBJECTS = [("red teapot", (90, 310, 420, 720), "red"), ("blue cup", (460, 520, 610, 760), "blue"),
            ("basket of oranges", (640, 380, 950, 770), "orange"), ("green plant", (420, 40, 700, 470), "green")]
+GOAL_SPEEDUP = 2.4  # end to end against the released loop, 250 tokens, 1024x1024, 50 steps
+GOAL_OFFLOAD_PEAK_GB = 10.0
 FILLER = (" The light comes from a window on the left, the table is made of pale oak, and the background is a "
           "soft cream wall with a little shadow below the shelf.")
 
@@ -86,11 +90,11 @@ class ForceSequence:
         return forced
 
 
-def chain_ids(mllm: GoTMLLM, tokens: int) -> list[int]:
-    """A chain of exactly `tokens` tokens: four coloured boxes, descriptive text, <|im_gen_start|>."""
+def chain_ids(mllm: GoTMLLM, tokens: int, objects: int = len(OBJECTS)) -> list[int]:
+    """A chain of exactly `tokens` tokens: the first `objects` coloured boxes, descriptive text, <|im_gen_start|>."""
     text = "The image shows " + ", ".join(
         f"a <|object_ref_start|>{name}<|object_ref_end|><|box_start|>({x1},{y1}),({x2},{y2})<|box_end|> ({color})"
-        for name, (x1, y1, x2, y2), color in OBJECTS) + "."
+        for name, (x1, y1, x2, y2), color in OBJECTS[:objects]) + "."
     ids = mllm.tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) > tokens - 1:
         raise SystemExit(f"--tokens {tokens} is too short for the benchmark chain's boxes ({len(ids) + 1} tokens)")
@@ -225,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="DDPM steps (default 50; 3 with --tiny)")
     parser.add_argument("--baseline-unet-dtype", default="fp32",
                         help="the released loop's UNet/VAE dtype (default fp32: its loader builds them in fp32)")
+    parser.add_argument("--objects", type=int, default=len(OBJECTS), choices=range(1, len(OBJECTS) + 1),
+                        help=f"coloured boxes in the chain (default {len(OBJECTS)}; fewer fit a shorter chain)")
+    parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     args = parser.parse_args(argv)
     diffusers_logging.set_verbosity_error()  # its note on casting models with .to(dtype) is not for us
     device = "cpu" if args.tiny else "cuda"
@@ -241,14 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         mllm = build_reasoner(Path(tmp) / "Qwen2.5-VL-3B-Instruct", args.tiny, mllm_dtype, device)
     unet = build_unet(args.tiny, baseline_dtype, device)
     vae = build_vae(device).to(baseline_dtype)
-    forced = chain_ids(mllm, tokens)
+    forced = chain_ids(mllm, tokens, args.objects)
     gpu = torch.cuda.get_device_name() if device == "cuda" else "CPU"
     print(f"GoT end to end, one image {size}x{size}, {render.steps} DDPM steps, a {tokens}-token chain with "
-          f"{len(OBJECTS)} coloured boxes, random weights ({sum(p.numel() for p in mllm.model.parameters()) / 1e9:.2f} B "
+          f"{args.objects} coloured boxes, random weights ({sum(p.numel() for p in mllm.model.parameters()) / 1e9:.2f} B "
           f"MLLM, {sum(p.numel() for p in unet.parameters()) / 1e9:.2f} B UNet), on {gpu}; torch {torch.__version__}")
 
     warm = RenderSettings(width=size, height=size, steps=2)
-    released_loop(mllm, unet, vae, forced, warm, device)  # warm-up (kernels, cuDNN autotuning)
+    warm_up = device == "cuda"  # kernels, cuDNN autotuning, CUDA graph capture; nothing to warm on the CPU
+    if warm_up:
+        released_loop(mllm, unet, vae, forced, warm, device)
     peak_reset(device)
     base, base_text = released_loop(mllm, unet, vae, forced, render, device)
     peaks = {"released loop": peak_gib(device)}
@@ -259,13 +268,15 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda":
         torch.cuda.empty_cache()
     resident = GoTPipeline(mllm, unet, vae, device=device)
-    ours(resident, forced, warm, device)  # warm-up, CUDA graph capture
+    if warm_up:
+        ours(resident, forced, warm, device)
     peak_reset(device)
     fast, fast_note, fast_text = ours(resident, forced, render, device)
     peaks["ours"] = peak_gib(device)
 
     offloading = GoTPipeline(mllm, unet, vae, device=device, offload=True)
-    ours(offloading, forced, warm, device)  # warm-up: pinned CPU copies are made, UNet/VAE left resident
+    if warm_up:
+        ours(offloading, forced, warm, device)  # pinned CPU copies are made, UNet/VAE left resident
     if device == "cuda":
         torch.cuda.empty_cache()
     peak_reset(device)
@@ -275,14 +286,28 @@ def main(argv: list[str] | None = None) -> int:
     columns = {"released loop": base, "ours": fast, "ours, offload": staged}
     table(columns, peaks)
     print(f"ours: {fast_note}; with offload: {staged_note}")
-    same = base_text == fast_text == staged_text and len(parse_chain(base_text).colored) == len(OBJECTS)
-    print(f"all three wrote the same {tokens}-token chain with {len(OBJECTS)} coloured boxes: {'yes' if same else 'NO'}")
+    same = base_text == fast_text == staged_text and len(parse_chain(base_text).colored) == args.objects
+    print(f"all three wrote the same {tokens}-token chain with {args.objects} coloured boxes: {'yes' if same else 'NO'}")
     offload_peak = peaks["ours, offload"] * 2**30 / 1e9
     print(f"end-to-end speed-up: {base.total / fast.total:.2f}x resident, {base.total / staged.total:.2f}x with "
-          f"offload (goal >= 2.4x); peak VRAM with offload "
-          + (f"{offload_peak:.2f} GB (goal <= 10 GB)" if device == "cuda" else "n/a on the CPU"))
+          f"offload (goal >= {GOAL_SPEEDUP}x); peak VRAM with offload "
+          + (f"{offload_peak:.2f} GB (goal <= {GOAL_OFFLOAD_PEAK_GB:g} GB)" if device == "cuda" else "n/a on the CPU"))
     print(f"released loop's UNet/VAE in {str(baseline_dtype)[6:]}, ours: UNet {str(ours_unet_dtype)[6:]}, VAE float32, "
           f"MLLM {str(mllm_dtype)[6:]} in both")
+    if args.json:
+        on_gpu = device == "cuda"
+        results = {
+            "device": gpu, "size": size, "steps": render.steps, "tokens": tokens, "objects": args.objects,
+            "stages_s": {title: dict(stages.seconds) for title, stages in columns.items()},
+            "end_to_end_s": {title: stages.total for title, stages in columns.items()},
+            "speedup": base.total / fast.total, "speedup_offload": base.total / staged.total,
+            "peak_vram_gb": {title: peak * 2**30 / 1e9 if on_gpu else None for title, peak in peaks.items()},
+            "same_chain": same, "ours_note": fast_note, "offload_note": staged_note,
+            "dtypes": {"released_unet_vae": str(baseline_dtype)[6:], "ours_unet": str(ours_unet_dtype)[6:],
+                       "ours_vae": "float32", "mllm": str(mllm_dtype)[6:]},
+            "goal_speedup": GOAL_SPEEDUP, "goal_offload_peak_gb": GOAL_OFFLOAD_PEAK_GB,
+        }
+        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
