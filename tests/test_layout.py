@@ -11,7 +11,7 @@ from PIL import Image, ImageColor, ImageDraw
 
 from got_backend.ssgm.chain import ChainError, parse_chain
 from got_backend.images import uint8_to_signed
-from got_backend.ssgm.layout import box_masks, box_to_pixels, color_canvases, layout_preview
+from got_backend.ssgm.layout import PREVIEW_BACKGROUND, box_masks, box_to_pixels, color_canvases, layout_preview
 from got_backend.ssgm.sizes import SizeError
 
 BS, BE = "<|box_start|>", "<|box_end|>"
@@ -109,3 +109,19 @@ def test_layout_preview() -> None:
     assert overlap[0] > inside_blue[0] and overlap[2] > 0.3
     assert preview[60, 120].tolist() == pytest.approx([0.12, 0.12, 0.13])  # background
     assert not preview[:, 127].eq(torch.tensor([1.0, 0.0, 0.0])).all(dim=-1).any()  # a box at x=1000 is off-canvas
+
+
+def test_layout_preview_labels_each_box_with_its_number_and_phrase() -> None:
+    """Two boxes of one colour can be told apart: each carries its number and phrase, white on the dark red."""
+    ref = "<|object_ref_start|>{}<|object_ref_end|>"
+    chain = parse_chain(f"{ref.format('cat')}{BS}(0,0),(450,900){BE} (darkred) "
+                        f"{ref.format('dog')}{BS}(500,0),(950,900){BE} (darkred) {BS}(0,950),(1000,1000){BE} (red)")
+    preview = layout_preview(chain, 256, 128)
+    first, second = preview[1:12, 1:40], preview[1:12, 129:168]  # inside each box, after its outline
+    white = first.min(dim=-1).values > 0.7  # anti-aliased white ink
+    assert white.sum() > 10 and not torch.equal(first, second)  # ink, and two different labels
+    assert torch.equal(preview[1:12, 40:100], layout_preview(parse_chain(f"{BS}(0,0),(450,900){BE} (darkred)"),
+                                                             256, 128)[1:12, 40:100])  # short: "1 cat" only
+    thin = preview[122:127, 1:255]  # the third box is 6 pixels tall: its label is clipped to the box
+    assert torch.equal(preview[127], layout_preview(parse_chain(f"{BS}(0,950),(1000,1000){BE} (red)"), 256, 128)[127])
+    assert thin.ne(torch.tensor(PREVIEW_BACKGROUND)).any()

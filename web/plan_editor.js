@@ -17,7 +17,7 @@ const NUDGE_FAST = 10;
 const CSS = `
 .got-plan { display: flex; flex-direction: column; gap: 4px; font: 12px sans-serif; color: #ddd;
   box-sizing: border-box; height: 100%; overflow: hidden; }
-.got-plan-stage { flex: 1 1 auto; min-height: 120px; display: flex; align-items: center; justify-content: center; }
+.got-plan-stage { flex: 1 1 auto; min-height: 220px; display: flex; align-items: center; justify-content: center; }
 .got-plan canvas { outline: none; cursor: crosshair; touch-action: none; }
 .got-plan-bar { display: flex; gap: 4px; flex-wrap: wrap; align-items: center; }
 .got-plan button { font: inherit; padding: 1px 6px; cursor: pointer; }

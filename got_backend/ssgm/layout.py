@@ -10,7 +10,7 @@ canvas. The tensor path below does exactly that; tests compare it with PIL pixel
 from __future__ import annotations
 
 import torch
-from PIL import ImageColor
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from ..images import uint8_to_signed
 from .chain import GRID, ChainError, GoTChain, GoTObject
@@ -20,6 +20,7 @@ PREVIEW_BACKGROUND = (0.12, 0.12, 0.13)
 PREVIEW_GRID_LINE = (0.2, 0.2, 0.22)
 PREVIEW_UNCOLORED = (0.75, 0.75, 0.75)  # boxes without a colour: the reference draws them nowhere
 PREVIEW_FILL_ALPHA = 0.35
+PREVIEW_LABEL_MIN_SIZE = 10  # pixels; labels grow with the preview (1/48 of its short side)
 
 
 def box_to_pixels(box: tuple[int, int, int, int], width: int, height: int) -> tuple[float, float, float, float]:
@@ -69,13 +70,15 @@ def color_canvases(chain: GoTChain, width: int, height: int) -> torch.Tensor:
 def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[H, W, 3] in [0, 1]: every box as a translucent fill with a solid outline, in its colour (boxes that are
     not drawn into the guidance, uncoloured or before an <|im_end|>, in grey), later boxes on top, over a dark
-    background with a faint line every 100 grid units."""
+    background with a faint line every 100 grid units; each box labelled with its number and phrase, so two boxes
+    of one colour can be told apart."""
     check_canvas_size(width, height)
     image = torch.tensor(PREVIEW_BACKGROUND).repeat(height, width, 1)
     for k in range(1, 10):
         image[:, min(int(k * 100 / GRID * width), width - 1)] = torch.tensor(PREVIEW_GRID_LINE)
         image[min(int(k * 100 / GRID * height), height - 1), :] = torch.tensor(PREVIEW_GRID_LINE)
     line = max(1, min(width, height) // 256)
+    labels = []
     for index, obj in enumerate(chain.objects):
         rgb = tuple(v / 255 for v in color_rgb(obj, index)) if chain.draws(obj) else PREVIEW_UNCOLORED
         color = torch.tensor(rgb)
@@ -85,7 +88,28 @@ def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
         region = image[r0:r1, c0:c1]
         region.mul_(1 - PREVIEW_FILL_ALPHA).add_(PREVIEW_FILL_ALPHA * color)
         region[:line], region[-line:], region[:, :line], region[:, -line:] = color, color, color, color
+        labels.append((f"{index + 1} {obj.phrase or ''}".strip(), region[line:-line, line:-line], rgb))
+    font = ImageFont.load_default(size=max(PREVIEW_LABEL_MIN_SIZE, min(width, height) // 48))
+    for text, inside, rgb in labels:  # after every box, so no later box hides an earlier one's label
+        _draw_label(inside, text, rgb, font)
     return image
+
+
+def _draw_label(inside: torch.Tensor, text: str, rgb: tuple[float, float, float], font: ImageFont.ImageFont) -> None:
+    """`text` (the object's number and phrase) in the top-left corner of a box's inside [h, w, 3], in black or
+    white on the box's colour, clipped to the box."""
+    _, _, right, bottom = font.getbbox(text)
+    height, width = min(bottom + 1, inside.shape[0]), min(right + 2, inside.shape[1])
+    if height <= 0 or width <= 0:
+        return
+    mask = Image.new("L", (width, height))
+    ImageDraw.Draw(mask).text((1, 0), text, fill=255, font=font)
+    alpha = torch.tensor(list(mask.tobytes()), dtype=torch.float32).view(height, width, 1) / 255
+    ink = torch.tensor((0.0, 0.0, 0.0) if 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] > 0.5 else (1.0, 1.0, 1.0))
+    corner = inside[:height, :width]
+    corner.copy_(torch.tensor(rgb) * (1 - alpha) + ink * alpha)
+
+
 
 
 def _describe(obj: GoTObject) -> str:

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -281,3 +282,31 @@ def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=20)
+
+
+# --- browser ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chromium_browser():
+    """A headless Chromium (the system's: Debian's `chromium`, or GOT_CHROMIUM) under Playwright for Python, for
+    tests of the frontend extension against `comfyui_server`; skipped loudly without either."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        loud_skip("browser test skipped: Playwright for Python is not installed (pip install -r "
+                  "requirements-test.txt; its own browser download is not needed)")
+    candidates = (os.environ.get("GOT_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium")
+    executable = next((c for c in candidates if c and Path(c).is_file()), None)
+    if executable is None:
+        loud_skip("browser test skipped: no Chromium found (apt-get install chromium, or set GOT_CHROMIUM to a "
+                  "Chromium binary)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def skip_loudly():
+    """`loud_skip` for a test body (test modules cannot import a conftest by name)."""
+    return loud_skip
