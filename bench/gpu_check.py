@@ -6,7 +6,7 @@ step, in that order, each in its own process with its own time limit, within 8 m
     python bench/gpu_check.py OUT_DIR --parts reasoner,end_to_end   # rerun only some parts
 
 OUT_DIR receives gpu_check.json (every part: status, seconds, limit, figures, the end of its log),
-gpu_check.md (the same as tables, with the project's goals), and one log per part. A part that runs past its
+gpu_check.md (the same as tables, with the project's goals), and one log per part: six files. A part that runs past its
 limit is killed with its whole process group and marked "timeout"; the parts after it still run. A part that
 would start with less than half its limit left in the budget is not started ("no time"). Exit status 0 when no
 part failed or timed out.
@@ -31,9 +31,11 @@ import importlib.util
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
@@ -54,19 +56,19 @@ class Part:
     name: str
     title: str
     limit_s: int  # on the GPU
-    # (tiny, output folder) -> the command, or a string saying why the part is skipped
+    # (tiny, the part's folder) -> the command, or a string saying why the part is skipped
     command: Callable[[bool, Path], list[str] | str]
-    # (output folder, return code) -> (status, figures) once the process has ended
+    # (the part's folder, return code) -> (status, figures) once the process has ended
     read: Callable[[Path, int], tuple[str, dict]]
 
 
-def pytest_command(tiny: bool, out: Path) -> list[str]:
+def pytest_command(tiny: bool, folder: Path) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reasoning_cuda.py",
-            f"--junitxml={out / 'cuda_tests.xml'}"]
+            f"--junitxml={folder / 'cuda_tests.xml'}"]
 
 
-def read_junit(out: Path, returncode: int) -> tuple[str, dict]:
-    path = out / "cuda_tests.xml"
+def read_junit(folder: Path, returncode: int) -> tuple[str, dict]:
+    path = folder / "cuda_tests.xml"
     if not path.is_file():
         return "failed", {"note": "pytest wrote no report"}
     suite = ElementTree.parse(path).getroot()
@@ -85,27 +87,27 @@ def read_junit(out: Path, returncode: int) -> tuple[str, dict]:
 
 def bench_command(script: str, gpu_args: list[str], tiny_args: list[str],
                   python: Callable[[], str] = lambda: sys.executable) -> Callable[[bool, Path], list[str]]:
-    def command(tiny: bool, out: Path) -> list[str]:
+    def command(tiny: bool, folder: Path) -> list[str]:
         return [python(), str(BENCH / script), *(tiny_args if tiny else gpu_args),
-                "--json", str(out / script.replace(".py", ".json"))]
+                "--json", str(folder / script.replace(".py", ".json"))]
     return command
 
 
 def read_json(name: str) -> Callable[[Path, int], tuple[str, dict]]:
-    def read(out: Path, returncode: int) -> tuple[str, dict]:
-        path = out / name
+    def read(folder: Path, returncode: int) -> tuple[str, dict]:
+        path = folder / name
         if returncode != 0 or not path.is_file():
             return "failed", {}
         return "passed", json.loads(path.read_text())
     return read
 
 
-def guider_command(tiny: bool, out: Path) -> list[str] | str:
+def guider_command(tiny: bool, folder: Path) -> list[str] | str:
     if not os.environ.get("COMFYUI_DIR"):
         return "COMFYUI_DIR is not set (name a ComfyUI checkout, and COMFYUI_PYTHON its venv's python)"
     command = bench_command("guider_step.py", [], ["--tiny", "--repeats", "1"],
                             python=lambda: os.environ.get("COMFYUI_PYTHON") or sys.executable)
-    return command(tiny, out)
+    return command(tiny, folder)
 
 
 PARTS = (
@@ -127,9 +129,10 @@ def missing_packages() -> list[str]:
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
 
-def run_part(part: Part, tiny: bool, out: Path, limit: float, missing: list[str]) -> dict:
-    """Run one part in its own process group; kill the whole group at `limit` seconds."""
-    command = part.command(tiny, out)
+def run_part(part: Part, tiny: bool, out: Path, scratch: Path, limit: float, missing: list[str]) -> dict:
+    """Run one part in its own process group, its log in `out` and its own files in `scratch`; kill the whole
+    group at `limit` seconds."""
+    command = part.command(tiny, scratch)
     entry = {"name": part.name, "title": part.title, "limit_s": round(limit, 1)}
     if isinstance(command, str):
         return {**entry, "status": "skipped", "seconds": 0.0, "note": command, "figures": {}}
@@ -153,7 +156,7 @@ def run_part(part: Part, tiny: bool, out: Path, limit: float, missing: list[str]
                  command=" ".join(command), log=log_path.name, log_tail=tail)
     if timed_out:
         return {**entry, "status": "timeout", "figures": {}, "note": f"stopped after {limit:.0f} s"}
-    status, figures = part.read(out, returncode)
+    status, figures = part.read(scratch, returncode)
     note = {"note": figures.pop("note")} if "note" in figures else {}
     return {**entry, "status": status, "figures": figures, **note}
 
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     budget = args.budget or (len(PARTS) * TINY_LIMIT_S if args.tiny else BUDGET_S)
     args.out.mkdir(parents=True, exist_ok=True)
 
+    # The parts' own files (their JSON, pytest's report) go to a scratch folder: their figures are copied into
+    # gpu_check.json, so OUT holds 2 files + 1 log per part (a device run returns at most 8 files).
+    scratch = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     started, missing = time.monotonic(), missing_packages()
     report = {"machine": machine(args.tiny), "budget_s": budget, "parts": [], "missing_packages": missing}
     for part in PARTS:
@@ -304,10 +310,11 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"status": "no time", "seconds": 0.0, "figures": {}, "note": f"{left:.0f} s of the budget left"}
         else:
             print(f"[gpu_check] {part.name}: {part.title} (limit {min(limit, left):.0f} s)", flush=True)
-            entry = run_part(part, args.tiny, args.out, min(limit, left), missing)
+            entry = run_part(part, args.tiny, args.out, scratch, min(limit, left), missing)
             print(f"[gpu_check] {part.name}: {entry['status']} in {entry['seconds']:.1f} s", flush=True)
         report["parts"].append({"name": part.name, "title": part.title, "limit_s": min(limit, max(left, 0)), **entry})
     report["wall_s"] = time.monotonic() - started
+    shutil.rmtree(scratch, ignore_errors=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
     (args.out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
