@@ -46,7 +46,7 @@ from .offload import Offloader
 from .images import ImageInput, as_rgb_image
 from .reasoning.prompts import Task
 from .reasoning.turns import Reasoning, TokenEvent
-from .reasoning.sampling import LogitsProcessor
+from .reasoning.sampling import ReasoningSettings
 from .reasoning.tokens import BOI, VISION_START
 from .errors import GoTError
 
@@ -76,23 +76,6 @@ class RenderSettings:
 
     def scales_for(self, task: Task) -> GuidanceScales:
         return self.scales or (EDIT_SCALES if task == "edit" else T2I_SCALES)
-
-
-@dataclass(frozen=True)
-class ReasoningSettings:
-    """How the MLLM writes (GoTMLLM.reason's options); greedy by default, as the reference."""
-
-    max_new_tokens: int = 1024
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    logits_processor: tuple[LogitsProcessor, ...] = ()  # transformers-style (input_ids, scores) -> scores
-
-    def kwargs(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample,
-                "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-                "logits_processor": self.logits_processor}
 
 
 @dataclass(frozen=True)
@@ -227,8 +210,8 @@ class GoTPipeline:
                progress: Progress = Progress(), assistant_prefix: str = "") -> Reasoning:
         """The first reasoning turn (§4, §5), with the MLLM on the device."""
         self._use("reason", progress, "reasoning")
-        return self.mllm.reason(prompt, image, assistant_prefix=assistant_prefix, on_token=progress.on_token,
-                                **settings.kwargs())
+        return self.mllm.reason(prompt, image, assistant_prefix=assistant_prefix, settings=settings,
+                                on_token=progress.on_token)
 
     def render_chain(self, prompt: str, chain_text: str, image: ImageInput | None = None, *,
                      render: RenderSettings = RenderSettings(), reasoning: ReasoningSettings = ReasoningSettings(),
@@ -248,22 +231,22 @@ class GoTPipeline:
             first = self.reason(prompt, source, reasoning, progress, assistant_prefix=pieces[0])
         return self._run(first, pieces[1:], source, render, reasoning, progress)
 
-    def _run(self, reasoning: Reasoning, pieces: list[str], source: Image.Image | None, render: RenderSettings,
+    def _run(self, turn: Reasoning, pieces: list[str], source: Image.Image | None, render: RenderSettings,
              settings: ReasoningSettings, progress: Progress) -> GoTResult:
         """The reference's loop (§10): render at <|im_gen_start|>, show the last image at <|vision_start|>,
         end at <|endoftext|> (or at the token limit, or after max_images images)."""
         result = GoTResult()
         while True:
-            result.turns.append(reasoning)
+            result.turns.append(turn)
             if progress.on_turn is not None:
-                progress.on_turn(reasoning)
+                progress.on_turn(turn)
             shown = None
-            if reasoning.stop == "boi":
+            if turn.stop == "boi":
                 if len(result.renders) == self.max_images:
                     break
                 reference = result.renders[-1].image if result.renders else source
-                result.renders.append(self.render_turn(reasoning, reference, render, progress))
-            elif reasoning.stop == "vision_start":
+                result.renders.append(self.render_turn(turn, reference, render, progress))
+            elif turn.stop == "vision_start":
                 if not result.renders:
                     raise PipelineError("the chain asks to look at the last rendered image (<|vision_start|>) "
                                         "before any image was rendered (<|im_gen_start|>)")
@@ -271,8 +254,8 @@ class GoTPipeline:
             else:
                 break
             self._use("reason", progress, "reasoning")
-            reasoning = self.mllm.continue_reasoning(reasoning, shown, assistant_prefix=pieces.pop(0) if pieces
-                                                     else "", on_token=progress.on_token, **settings.kwargs())
+            turn = self.mllm.continue_reasoning(turn, shown, assistant_prefix=pieces.pop(0) if pieces
+                                                     else "", settings=settings, on_token=progress.on_token)
         size = source.size if source is not None else (render.width, render.height)
         final = source_aspect_size(size, min(render.width, render.height))
         result.images = [r.image.resize(final, Image.Resampling.BICUBIC) for r in result.renders]
@@ -280,27 +263,27 @@ class GoTPipeline:
 
     # One image from one turn: §6-§9
 
-    def render_turn(self, reasoning: Reasoning, reference: Image.Image | None, render: RenderSettings,
+    def render_turn(self, turn: Reasoning, reference: Image.Image | None, render: RenderSettings,
                     progress: Progress = Progress()) -> Render:
         """Render the image a turn ending with <|im_gen_start|> asks for; `reference` is the image being
         edited (the source, or the last output in a multi-turn edit), None for text to image."""
-        cond, chain = self.conditioning(reasoning, reference, render.width, render.height, progress)
+        cond, chain = self.conditioning(turn, reference, render.width, render.height, progress)
         self._use("unet", progress, "denoise")
         generator = torch.Generator(self.device).manual_seed(render.seed)
-        latents = denoise(self.unet, cond, render.scales_for(reasoning.task), width=render.width,  # §9
+        latents = denoise(self.unet, cond, render.scales_for(turn.task), width=render.width,  # §9
                           height=render.height, steps=render.steps, generator=generator,
                           latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight,
                           on_step=progress.on_step)
         self._use("vae", progress, "decode")
-        return Render(reasoning, chain, latents, to_pil(decode(self.vae, latents)))
+        return Render(turn, chain, latents, to_pil(decode(self.vae, latents)))
 
-    def conditioning(self, reasoning: Reasoning, reference: Image.Image | None, width: int, height: int,
+    def conditioning(self, turn: Reasoning, reference: Image.Image | None, width: int, height: int,
                      progress: Progress = Progress()) -> tuple[Conditioning, GoTChain]:
         """What the UNet is conditioned on for this turn, and the turn's boxes."""
         self._use("reason", progress, "semantic")
-        semantic = self.mllm.semantic_guidance(reasoning)                                          # §6
+        semantic = self.mllm.semantic_guidance(turn)                                          # §6
         self._use("vae", progress, "latents")
-        chain = parse_chain(reasoning.text, drawn_after=reasoning.layout_breaks)  # §5/§7, this turn only (§10)
+        chain = parse_chain(turn.text, drawn_after=turn.layout_breaks)  # §5/§7, this turn only (§10)
         encode = vae_mode_encoder(self.vae)
         pixels = pil_to_tensor(reference) if reference is not None else None
         cond = Conditioning(context=semantic.context, null_context=semantic.null_context, pooled=semantic.pooled,

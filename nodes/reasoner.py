@@ -22,6 +22,7 @@ import comfy.model_management
 import comfy.utils
 
 from ..got_backend.reasoning.prompts import PromptError, instruction
+from ..got_backend.reasoning.sampling import ReasoningSettings
 from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
 from .comfy_bridge import comfy_image, show_on_node
 from .model_management import ManagedMLLM
@@ -100,10 +101,10 @@ def sampling_inputs() -> list[io.Input]:
     ]
 
 
-def sampling_kwargs(max_new_tokens: int, sampling: bool, seed: int, temperature: float, top_p: float) -> dict:
-    return dict(max_new_tokens=max_new_tokens, do_sample=sampling, seed=seed if sampling else None,
-                temperature=temperature, top_p=top_p,
-                should_cancel=comfy.model_management.processing_interrupted)
+def reasoning_settings(max_new_tokens: int, sampling: bool, seed: int, temperature: float,
+                       top_p: float) -> ReasoningSettings:
+    return ReasoningSettings(max_new_tokens=max_new_tokens, do_sample=sampling, seed=seed if sampling else None,
+                             temperature=temperature, top_p=top_p)
 
 
 CHAIN_OUTPUTS = [
@@ -177,7 +178,8 @@ class GoTReasoner(io.ComfyNode):
         got = mllm.loaded()
         reasoning = reason_or_interrupt(lambda: got.reason(
             prompt, comfy_image(image), task=task_id, assistant_prefix=chain_start, on_token=stream,
-            **sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)))
+            settings=reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p),
+            should_cancel=comfy.model_management.processing_interrupted))
         stream.finish(reasoning)
         return chain_output(reasoning)
 
@@ -211,11 +213,12 @@ class GoTNextTurn(io.ComfyNode):
         got = mllm.loaded()
         previous = got.edit_chain(reasoning, chain.text)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
-        settings = sampling_kwargs(max_new_tokens, sampling, seed, temperature, top_p)
+        settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p)
 
         def turn(reasoning: Reasoning, shown: torch.Tensor | None) -> Reasoning:
             return reason_or_interrupt(lambda: got.continue_reasoning(
-                reasoning, comfy_image(shown), on_token=stream, **settings))
+                reasoning, comfy_image(shown), settings=settings, on_token=stream,
+                should_cancel=comfy.model_management.processing_interrupted))
 
         if previous.stop != "vision_start":  # e.g. after <|im_gen_start|>: go on after the 64 image queries
             previous = turn(previous, None)

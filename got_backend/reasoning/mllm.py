@@ -10,7 +10,7 @@ failure) frees it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from ..images import MissingImageError
 from .prompts import ImageInput, PromptError, Task, chat_sequence, condition_image, instruction
 from .turns import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
                         generate_turn, turn_stats)
-from .sampling import LogitsProcessor, SamplingSettings, TokenPicker
+from .sampling import ReasoningSettings, SamplingSettings, TokenPicker
 from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project
 from .tokens import resolve_got_tokens
 
@@ -35,9 +35,8 @@ __all__ = ["GoTMLLM", "MLLMLoadError", "resolve_dtype", "Decoding"]
 
 @dataclass(frozen=True)
 class _TurnOptions:
-    max_new_tokens: int
+    settings: ReasoningSettings
     sampling: SamplingSettings
-    processors: Sequence[LogitsProcessor]
     on_token: Callable[[TokenEvent], None] | None
     should_cancel: Callable[[], bool] | None
 
@@ -139,19 +138,16 @@ class GoTMLLM:
     # Reasoning
 
     def reason(self, prompt: str, image: ImageInput | None = None, *, task: Task | None = None,
-               assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False,
-               temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-               repetition_penalty: float | None = None, logits_processor: Sequence[LogitsProcessor] = (),
+               assistant_prefix: str = "", settings: ReasoningSettings = ReasoningSettings(),
                on_token: Callable[[TokenEvent], None] | None = None,
-               should_cancel: Callable[[], bool] | None = None) -> Reasoning:
+               should_cancel: Callable[[], bool] | None = None, **changes) -> Reasoning:
         """Write a reasoning chain for a text-to-image prompt, or for an edit of `image`.
 
         `task` defaults to "edit" with an image and "t2i" without. Generation continues after
         `assistant_prefix` (text the chain must start with) and stops on <|im_gen_start|>, <|vision_start|> or
-        <|endoftext|>, or after `max_new_tokens` (then `stop == "max_tokens"`). Greedy unless `do_sample`.
-        `repetition_penalty` defaults to the model folder's generation config. `logits_processor`: callables
-        (input_ids [1, N], scores [1, V]) -> scores, as in transformers. `on_token` gets a `TokenEvent` per
-        new token; `should_cancel` is checked between tokens and raises `ReasoningCancelled`."""
+        <|endoftext|>, or after `settings.max_new_tokens` (then `stop == "max_tokens"`). `changes`: fields of
+        `settings` to change for this call (`max_new_tokens=64, do_sample=True`). `on_token` gets a
+        `TokenEvent` per new token; `should_cancel` is checked between tokens and raises `ReasoningCancelled`."""
         task = task or ("edit" if image is not None else "t2i")
         if task == "edit" and image is None:
             raise MissingImageError("an edit needs the image to edit: connect a source image, or use the "
@@ -161,21 +157,18 @@ class GoTMLLM:
         sequence = self._prompt_sequence(text, view)
         prompt_length = len(sequence.ids)
         sequence = sequence + self._encode(assistant_prefix)
-        return self._turn(sequence, prompt_length, prompt_length, prompt, task, self._options(
-            max_new_tokens, do_sample, temperature, top_p, top_k, seed, repetition_penalty, logits_processor,
-            on_token, should_cancel))
+        return self._turn(sequence, prompt_length, prompt_length, prompt, task,
+                          self._options(settings, changes, on_token, should_cancel))
 
     def continue_reasoning(self, previous: Reasoning, image: ImageInput | None = None, *,
-                           assistant_prefix: str = "", max_new_tokens: int = 1024, do_sample: bool = False,
-                           temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                           repetition_penalty: float | None = None,
-                           logits_processor: Sequence[LogitsProcessor] = (),
+                           assistant_prefix: str = "", settings: ReasoningSettings = ReasoningSettings(),
                            on_token: Callable[[TokenEvent], None] | None = None,
-                           should_cancel: Callable[[], bool] | None = None) -> Reasoning:
+                           should_cancel: Callable[[], bool] | None = None, **changes) -> Reasoning:
         """The next turn of a multi-turn reasoning (docs/ALGORITHM.md §10), as the reference continues it:
         after <|im_gen_start|> the 64 image-query tokens are appended; after <|vision_start|> `image` (the last
         rendered output) is appended as 256 image pads; after the token limit generation just goes on.
-        `assistant_prefix` is text the new turn starts with (a replayed or edited turn), as in `reason`."""
+        `assistant_prefix` is text the new turn starts with (a replayed or edited turn); `settings` and
+        `changes` as in `reason`."""
         if previous.stop == "endoftext":
             raise ConversationError("this reasoning ended with <|endoftext|>: there is nothing to continue; "
                                     "start a new one with reason()")
@@ -193,9 +186,7 @@ class GoTMLLM:
             sequence = previous.sequence
         turn_start = len(sequence.ids)
         return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length,
-                          previous.prompt, previous.task, self._options(
-                              max_new_tokens, do_sample, temperature, top_p, top_k, seed, repetition_penalty,
-                              logits_processor, on_token, should_cancel))
+                          previous.prompt, previous.task, self._options(settings, changes, on_token, should_cancel))
 
     # User-written chains (interactive generation)
 
@@ -249,15 +240,10 @@ class GoTMLLM:
 
     # Internals
 
-    def _options(self, max_new_tokens: int, do_sample: bool, temperature: float, top_p: float, top_k: int,
-                 seed: int | None, repetition_penalty: float | None, processors: Sequence[LogitsProcessor],
-                 on_token: Callable[[TokenEvent], None] | None,
+    def _options(self, settings: ReasoningSettings, changes: dict, on_token: Callable[[TokenEvent], None] | None,
                  should_cancel: Callable[[], bool] | None) -> _TurnOptions:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
-        sampling = SamplingSettings(do_sample, temperature, top_p, top_k, seed, penalty)
-        return _TurnOptions(max_new_tokens, sampling, tuple(processors), on_token, should_cancel)
+        settings = replace(settings, **changes) if changes else settings
+        return _TurnOptions(settings, settings.sampling(self.repetition_penalty), on_token, should_cancel)
 
     def _encode(self, text: str) -> tuple[int, ...]:
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
@@ -306,9 +292,11 @@ class GoTMLLM:
         breaks = () if len(sequence.ids) > turn_start else self.layout_breaks
         # Inference mode throughout, whoever calls: the KV buffers are only ever updated in it.
         with self._slot.guard(), torch.inference_mode():
-            picker = TokenPicker(options.sampling, sequence.ids, self.vocab_size, self.device, options.processors)
-            decoder = self._slot.acquire(len(sequence.ids) + options.max_new_tokens + IMAGE_QUERY_COUNT + 1)
-            out = generate_turn(decoder, sequence, picker, self._stops, options.max_new_tokens, self._decode,
+            picker = TokenPicker(options.sampling, sequence.ids, self.vocab_size, self.device,
+                                 options.settings.logits_processor)
+            limit = options.settings.max_new_tokens
+            decoder = self._slot.acquire(len(sequence.ids) + limit + IMAGE_QUERY_COUNT + 1)
+            out = generate_turn(decoder, sequence, picker, self._stops, limit, self._decode,
                                 options.on_token, options.should_cancel)
         self._slot.note = decoder.note or self._slot.note
         stats = turn_stats(out, decoder, picker.seed if options.sampling.do_sample else None)

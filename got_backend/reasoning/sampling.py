@@ -14,6 +14,7 @@ import torch
 from ..errors import GoTError
 
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids [1, N], scores [1, V])
+DEFAULT_MAX_NEW_TOKENS = 1024
 
 
 class SamplingError(GoTError):
@@ -40,6 +41,32 @@ class SamplingSettings:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class ReasoningSettings:
+    """How the MLLM writes a turn: the token limit and how tokens are picked; greedy by default, as the
+    reference. `repetition_penalty` None: the model folder's generation config. `logits_processor`: callables
+    (input_ids [1, N], scores [1, V]) -> scores, as in transformers."""
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repetition_penalty: float | None = None
+    logits_processor: tuple[LogitsProcessor, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SamplingError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        object.__setattr__(self, "logits_processor", tuple(self.logits_processor))
+
+    def sampling(self, default_penalty: float) -> SamplingSettings:
+        """The token picker's settings, `default_penalty` standing in for an unset repetition penalty."""
+        penalty = default_penalty if self.repetition_penalty is None else self.repetition_penalty
+        return SamplingSettings(self.do_sample, self.temperature, self.top_p, self.top_k, self.seed, penalty)
 
 
 class TokenPicker:
