@@ -28,7 +28,10 @@ from PIL import Image, UnidentifiedImageError
 from .ssgm.guidance import GuidanceScales
 from .ssgm.layout import layout_preview
 from .weights.models_dir import DEFAULT_NAME, GoTFiles, ModelFilesError, layout_help, locate
-from .pipeline import GoTPipeline, GoTResult, PipelineError, Progress, ReasoningSettings, RenderSettings
+from .pipeline import (DEFAULT_SIZE, GoTPipeline, GoTResult, PipelineError, Progress, ReasoningSettings,
+                       RenderSettings)
+from .ssgm.denoise import DEFAULT_SEED, DEFAULT_STEPS
+from .reasoning.sampling import DEFAULT_MAX_NEW_TOKENS
 from .images import ImageInputError
 from .reasoning.prompts import PromptError
 from .reasoning.turns import Reasoning, TokenEvent
@@ -63,16 +66,20 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--smoke", action="store_true",
                        help="build tiny random models in a temporary folder and run on them (CPU, < 1 min)")
     render = gen.add_argument_group("rendering (docs/ALGORITHM.md §9)")
-    render.add_argument("--width", type=int, default=None, help="render width (default 1024; smoke 128)")
-    render.add_argument("--height", type=int, default=None, help="render height (default 1024; smoke 128)")
-    render.add_argument("--steps", type=int, default=None, help="DDPM steps (default 50; smoke 8)")
-    render.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
+    render.add_argument("--width", type=int, default=None,
+                        help=f"render width (default {DEFAULT_SIZE}; smoke {SMOKE_SIZE})")
+    render.add_argument("--height", type=int, default=None,
+                        help=f"render height (default {DEFAULT_SIZE}; smoke {SMOKE_SIZE})")
+    render.add_argument("--steps", type=int, default=None,
+                        help=f"DDPM steps (default {DEFAULT_STEPS}; smoke {SMOKE_STEPS})")
+    render.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"noise seed (default {DEFAULT_SEED})")
     render.add_argument("--scales", type=float, nargs=3, metavar=("A_T", "A_S", "A_R"),
                         help="text, spatial and reference guidance (default 7.5 4 1; edits 4 3 1.5)")
     render.add_argument("--all-branches", action="store_true",
                         help="run all four guidance branches, as the reference (same result, slower)")
     reason = gen.add_argument_group("reasoning")
-    reason.add_argument("--max-new-tokens", type=int, default=None, help="per turn (default 1024; smoke 16)")
+    reason.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"per turn (default {DEFAULT_MAX_NEW_TOKENS}; smoke {SMOKE_TOKENS})")
     reason.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     reason.add_argument("--temperature", type=float, default=1.0)
     reason.add_argument("--top-p", type=float, default=1.0)
@@ -101,7 +108,7 @@ def generate(args: argparse.Namespace) -> int:
     if args.smoke:
         with smoke_models() as files:
             return run(args, files, SMOKE_SIZE, SMOKE_STEPS, SMOKE_TOKENS)
-    return run(args, model_files(args), 1024, 50, 1024)
+    return run(args, model_files(args), DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_MAX_NEW_TOKENS)
 
 
 def model_files(args: argparse.Namespace) -> GoTFiles:

@@ -22,11 +22,11 @@ import comfy.utils
 import folder_paths
 
 from .unet_keys import UNetWeightsError, comfy_unet_state
+from ..got_backend.weights.diffusers_configs import GOT_IN_CHANNELS, SDXL_ADD_TIME_DIM, SDXL_TIME_IDS
 from ..got_backend.weights.shapes import state_mismatch, state_shapes
 from ..got_backend.errors import GoTError
 
-GOT_IN_CHANNELS = 12  # noisy latent (4) + reference latent (4) + spatial latent (4), docs/ALGORITHM.md §9
-SDXL_TIME_IDS_DIM = 6 * 256  # SDXL's six size/crop embeddings beside the pooled vector in the ADM input
+SDXL_TIME_IDS_DIM = SDXL_TIME_IDS * SDXL_ADD_TIME_DIM  # the size/crop embeddings beside the pooled vector (ADM input)
 
 WEIGHT_DTYPES = {
     "default": {},

@@ -15,7 +15,9 @@ from .shapes import meta_model, state_shapes
 from ..errors import GoTError
 
 SDXL_HEAD_CHANNELS = 64
-SDXL_ADD_TIME_DIM = 256  # SDXL's `addition_time_embed_dim`: 6 time ids x 256 sinusoid channels
+SDXL_TIME_IDS = 6  # SDXL's size and crop conditioning: original h, w, crop top, left, target h, w
+SDXL_ADD_TIME_DIM = 256  # SDXL's `addition_time_embed_dim`: sinusoid channels per time id
+GOT_IN_CHANNELS = 12  # GoT's UNet input: noisy latent (4) + reference latent (4) + spatial latent (4), §9
 SDXL_VAE_SCALING = 0.13025
 
 Shapes = Mapping[str, torch.Size]
@@ -79,8 +81,8 @@ def infer_unet_config(shapes: Shapes, pooled_dim: int | None = None) -> dict:
     }
     if "add_embedding.linear_1.weight" in shapes:
         add_in = shapes["add_embedding.linear_1.weight"][1]
-        time_dim = SDXL_ADD_TIME_DIM if pooled_dim is None else (add_in - pooled_dim) // 6
-        if time_dim <= 0 or (pooled_dim is not None and pooled_dim + 6 * time_dim != add_in):
+        time_dim = SDXL_ADD_TIME_DIM if pooled_dim is None else (add_in - pooled_dim) // SDXL_TIME_IDS
+        if time_dim <= 0 or (pooled_dim is not None and pooled_dim + SDXL_TIME_IDS * time_dim != add_in):
             raise ConfigInferenceError(f"the UNet's add_embedding takes {add_in} inputs, which is not the pooled "
                                        f"embedding ({pooled_dim}) plus 6 time ids of equal width")
         config.update(addition_embed_type="text_time", addition_time_embed_dim=time_dim,

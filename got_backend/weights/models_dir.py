@@ -14,7 +14,7 @@ from typing import Literal, TypeVar
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from .diffusers_configs import ConfigInferenceError, infer_unet_config, infer_vae_config
+from .diffusers_configs import GOT_IN_CHANNELS, ConfigInferenceError, infer_unet_config, infer_vae_config
 from .shapes import meta_model, state_mismatch, state_shapes
 from .state_dicts import CheckpointError, load_tensor_file
 from ..errors import GoTError
@@ -171,9 +171,10 @@ def load_unet(path: str | Path, dtype: torch.dtype, device: torch.device | str) 
         config = config or infer_unet_config(state_shapes(state))
     except ConfigInferenceError as err:
         raise ModelFilesError(f"{path} is not a GoT UNet in diffusers names: {err}") from err
-    if config.get("in_channels") != 12:
-        raise ModelFilesError(f"{path} is a UNet with {config.get('in_channels')} input channels; GoT's has 12 "
-                              "(noisy, reference and spatial latents). Use the converter's GoT-6B-unet.safetensors.")
+    if config.get("in_channels") != GOT_IN_CHANNELS:
+        raise ModelFilesError(f"{path} is a UNet with {config.get('in_channels')} input channels; GoT's has "
+                              f"{GOT_IN_CHANNELS} (noisy, reference and spatial latents). Use the converter's "
+                              f"{converted_paths(Path(), DEFAULT_NAME)[1].name}.")
     return unet_from_state(state, config, dtype, device, str(path))
 
 
