@@ -32,6 +32,7 @@ from .pipeline import (DEFAULT_SIZE, GoTPipeline, GoTResult, PipelineError, Prog
                        RenderSettings)
 from .ssgm.denoise import DEFAULT_SEED, DEFAULT_STEPS
 from .reasoning.sampling import DEFAULT_MAX_NEW_TOKENS
+from .errors import GoTError
 from .images import ImageInputError
 from .reasoning.prompts import PromptError
 from .reasoning.turns import Reasoning, TokenEvent
@@ -97,9 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return generate(args)
-    except (ValueError, RuntimeError) as err:
-        if not type(err).__module__.startswith(__package__):  # not one of ours: a bug, keep the traceback
-            raise
+    except GoTError as err:  # input GoT cannot use; anything else is a bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

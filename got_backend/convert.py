@@ -31,7 +31,7 @@ from .weights.safetensors_writer import write_safetensors, write_sharded_safeten
 from .weights.models_dir import (DEFAULT_NAME, PROJECTORS_FILE, QWEN_BASE_NAME, QWEN_URL, RELEASE_FILES, RELEASE_URL,
                                  converted_paths)
 from .weights.state_dicts import shard_files
-from .reasoning.tokens import GotTokenizerError, add_got_tokens, resolve_got_tokens
+from .reasoning.tokens import add_got_tokens, resolve_got_tokens
 from .errors import GoTError
 
 QWEN_REQUIRED = ("config.json", "preprocessor_config.json", "tokenizer_config.json")
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = convert_release(args.release, args.qwen, args.models, name=args.name, lora_alpha=args.lora_alpha,
                                  overwrite=args.overwrite, log=print)
-    except (ConversionError, CheckpointError, GotTokenizerError) as err:
+    except GoTError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.format())

@@ -11,6 +11,7 @@ from typing import Literal
 
 import torch
 
+from ..errors import GoTError
 from .decoding import Decoder, PlainDecoder, weights_signature
 from .fast_decode import StaticDecoder, UnsupportedModelError
 
@@ -19,13 +20,17 @@ log = logging.getLogger(__name__)
 Decoding = Literal["fast", "plain"]
 
 
+class DecodingChoiceError(GoTError):
+    """A decoding that is neither "fast" nor "plain"."""
+
+
 class DecoderSlot:
     """Holds at most one decoder of `model`: "fast" (the static / CUDA-graph step, falling back to the plain one
     for models it does not support) or "plain" (Hugging Face's dynamic cache)."""
 
     def __init__(self, model: torch.nn.Module, decoding: Decoding, owner: str) -> None:
         if decoding not in ("fast", "plain"):
-            raise ValueError(f"decoding must be 'fast' or 'plain', not {decoding!r}")
+            raise DecodingChoiceError(f"decoding must be 'fast' or 'plain', not {decoding!r}")
         self.model, self.decoding, self.owner = model, decoding, owner
         self.decoder: Decoder | None = None
         self.note: str | None = None  # why the fast decoder is not in use, if it is not
