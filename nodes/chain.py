@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 from ..got_backend.ssgm.chain import ChainError, GoTChain
 from ..got_backend.ssgm.layout import color_rgb
 from .comfy_bridge import show_on_node
-from .types import GotChain, ReasonedChain, reasoned_chain
+from .types import ChainSocket, ReasonedChain, reasoned_chain
 
 
 def edited_chain(text: str, chain: ReasonedChain | None) -> ReasonedChain:
@@ -67,12 +67,12 @@ class GoTChainParser(io.ComfyNode):
                                         "(400,900)<|box_end|> (red) ... ending with <|im_gen_start|>. Boxes are "
                                         "(x1,y1),(x2,y2) on a 0..1000 grid of the image; colours are one-word "
                                         "colour names (red, lightblue, gold)."),
-                GotChain.Input("chain", optional=True,
+                ChainSocket.Input("chain", optional=True,
                                tooltip="The chain from a GoT Reasoner (or Next Turn). Needed for the semantic "
                                        "tokens: your edited text is read with its prompt and image."),
             ],
             outputs=[
-                GotChain.Output("edited_chain", display_name="chain",
+                ChainSocket.Output("edited_chain", display_name="chain",
                                 tooltip="The (edited) chain for the GoT SSGM Conditioner and GoT Mask from Boxes."),
                 io.String.Output("boxes", display_name="boxes",
                                  tooltip="The objects read from the chain, one per line: phrase, box (0..1000 "

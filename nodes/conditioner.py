@@ -22,7 +22,7 @@ from ..got_backend.ssgm.latents import spatial_latent
 from ..got_backend.ssgm.sizes import check_latent
 from .comfy_bridge import size_input, vae_encode_fn
 from .model_management import ManagedMLLM
-from .types import Conditioning, GotBranches, GotChain, GotMLLM, ReasonedChain
+from .types import ComfyConditioning, BranchesSocket, ChainSocket, MLLMSocket, ReasonedChain
 
 
 def sdxl_size_conds(width: int, height: int) -> dict[str, int]:
@@ -33,7 +33,7 @@ def sdxl_size_conds(width: int, height: int) -> dict[str, int]:
 
 def branch_conditionings(context: torch.Tensor, null_context: torch.Tensor, pooled: torch.Tensor,
                          reference: torch.Tensor, spatial: torch.Tensor,
-                         width: int, height: int) -> dict[str, Conditioning]:
+                         width: int, height: int) -> dict[str, ComfyConditioning]:
     """The conditioning of each guidance branch C, T, I, U, built from docs/ALGORITHM.md §9's table."""
     contexts = {"c": context, "c0": null_context}
     return {name: [[contexts[inputs.context],
@@ -61,9 +61,9 @@ class GoTSSGMConditioner(io.ComfyNode):
                         "12-channel UNet. positive/negative work with the core KSampler (plain CFG between the "
                         "full guidance and the null branch); branches feed the GoT Guider (GoT's 3-scale guidance).",
             inputs=[
-                GotMLLM.Input("mllm", tooltip="The GoT MLLM (GoT MLLM Loader); it reads the chain once more to get "
+                MLLMSocket.Input("mllm", tooltip="The GoT MLLM (GoT MLLM Loader); it reads the chain once more to get "
                                               "the semantic tokens."),
-                GotChain.Input("chain", tooltip="The reasoning chain, possibly edited: its text gives the semantic "
+                ChainSocket.Input("chain", tooltip="The reasoning chain, possibly edited: its text gives the semantic "
                                                 "guidance and its coloured boxes the spatial guidance."),
                 io.Vae.Input("vae", tooltip="The SDXL VAE; encodes one colour canvas per coloured box."),
                 io.Latent.Input("reference", tooltip="From the GoT Reference Encoder at the same width and height "
@@ -78,7 +78,7 @@ class GoTSSGMConditioner(io.ComfyNode):
                 io.Conditioning.Output("negative", display_name="negative",
                                        tooltip="Branch U: null context c0, pooled p, zero reference and spatial "
                                                "latents."),
-                GotBranches.Output("branches", display_name="branches",
+                BranchesSocket.Output("branches", display_name="branches",
                                    tooltip="All four branch conditionings C, T, I, U for the GoT Guider."),
             ],
         )

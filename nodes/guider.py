@@ -9,7 +9,7 @@ from typing_extensions import override
 import comfy.samplers
 
 from ..got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, cfg_pair, combine_branches, needed_branches
-from .types import Conditioning, GotBranches
+from .types import ComfyConditioning, BranchesSocket
 
 
 class GoTGuider(comfy.samplers.CFGGuider):
@@ -26,7 +26,7 @@ class GoTGuider(comfy.samplers.CFGGuider):
     sampler_calc_cond_batch_function is not applied, and the branches are not named positive/negative, so
     ControlNets marked "apply to uncond" and GLIGEN are not spread across them."""
 
-    def set_guidance(self, branches: dict[str, Conditioning], a_t: float, a_s: float, a_r: float) -> None:
+    def set_guidance(self, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float) -> None:
         self.scales = (a_t, a_s, a_r)
         self.branch_names = needed_branches(a_t, a_s, a_r)
         self.inner_set_conds({name: branches[name] for name in self.branch_names})
@@ -79,7 +79,7 @@ class GoTGuiderNode(io.ComfyNode):
                         "SamplerCustomAdvanced. Branches with weight 0 are skipped (U at the text-to-image defaults).",
             inputs=[
                 io.Model.Input("model", tooltip="GoT's 12-channel UNet (GoT UNet Loader), with any patches or LoRAs."),
-                GotBranches.Input("branches", tooltip="The four branch conditionings from the GoT SSGM Conditioner."),
+                BranchesSocket.Input("branches", tooltip="The four branch conditionings from the GoT SSGM Conditioner."),
                 _scale_input("a_t", T2I_SCALES.text, EDIT_SCALES.text, "Text (semantic) guidance scale a_t"),
                 _scale_input("a_s", T2I_SCALES.spatial, EDIT_SCALES.spatial, "Spatial (box layout) guidance scale a_s"),
                 _scale_input("a_r", T2I_SCALES.reference, EDIT_SCALES.reference, "Reference (source image) guidance scale a_r"),
@@ -89,7 +89,7 @@ class GoTGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, branches: dict[str, Conditioning], a_t: float, a_s: float, a_r: float) -> io.NodeOutput:
+    def execute(cls, model, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float) -> io.NodeOutput:
         guider = GoTGuider(model)
         guider.set_guidance(branches, a_t, a_s, a_r)
         return io.NodeOutput(guider)

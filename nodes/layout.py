@@ -8,7 +8,7 @@ from comfy_api.latest import io
 from ..got_backend.ssgm.chain import GoTChain
 from ..got_backend.ssgm.layout import box_masks, layout_preview
 from .comfy_bridge import size_input
-from .types import GotChain
+from .types import ChainSocket
 
 
 def object_masks(chain: GoTChain, width: int, height: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ class GoTMaskFromBoxes(io.ComfyNode):
             description="Turns the object boxes of a GoT chain into one MASK per object (for inpainting, regional "
                         "prompting or compositing) and draws the colour layout GoT's spatial guidance is built from.",
             inputs=[
-                GotChain.Input(
+                ChainSocket.Input(
                     "chain", tooltip="The reasoning chain (from the GoT Reasoner or the GoT Chain Parser); its boxes "
                                      "are on a 0..1000 grid scaled to width x height."),
                 size_input("width", "the masks and the preview get this width"),

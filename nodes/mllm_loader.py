@@ -16,7 +16,7 @@ import folder_paths
 from ..got_backend.reasoning.mllm import GoTMLLM
 from ..got_backend.weights.models_dir import PROJECTORS_FILE, QWEN_BASE_NAME, RELEASE_INDEX, mllm_layout
 from .model_management import DTYPE_CHOICES, ManagedMLLM, mllm_devices, mllm_dtype
-from .types import GotMLLM
+from .types import MLLMSocket
 from ..got_backend.errors import GoTError
 
 LLM_FOLDER = "LLM"
@@ -105,7 +105,7 @@ class GoTMLLMLoader(io.ComfyNode):
                                tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp32. Avoid "
                                        "fp16: Qwen2.5-VL overflows in fp16 and writes garbage chains."),
             ],
-            outputs=[GotMLLM.Output("mllm", display_name="mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
+            outputs=[MLLMSocket.Output("mllm", display_name="mllm", tooltip="The GoT MLLM, for the GoT Reasoner and the GoT SSGM "
                                                     "Conditioner.")],
         )
 

@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 
 from .chain import check_colors, describe_boxes, edited_chain
 from .comfy_bridge import size_input
-from .types import GotChain, ReasonedChain
+from .types import ChainSocket, ReasonedChain
 
 MODEL_CHANGED = ("the model's plan changed since this edit (its prompt or input changed and it reasoned again); "
                  "your edited plan is used: choose \"take the model's plan\" in the editor to discard the edit")
@@ -46,7 +46,7 @@ class GoTPlanEditor(io.ComfyNode):
                         "edit their phrases, then queue again to re-render from your plan (the Reasoner is not run "
                         "again). Untouched, it passes the model's plan on unchanged.",
             inputs=[
-                GotChain.Input("chain", tooltip="The chain from a GoT Reasoner (or Next Turn): the model's plan."),
+                ChainSocket.Input("chain", tooltip="The chain from a GoT Reasoner (or Next Turn): the model's plan."),
                 io.String.Input("plan", multiline=True, default="",
                                 tooltip="The edited plan as chain text (the editor writes it; empty: the model's "
                                         "plan unchanged). Saved with the workflow."),
@@ -59,7 +59,7 @@ class GoTPlanEditor(io.ComfyNode):
                                tooltip="Edit: the source image, drawn under the boxes (its aspect ratio is used)."),
             ],
             outputs=[
-                GotChain.Output("planned_chain", display_name="chain",
+                ChainSocket.Output("planned_chain", display_name="chain",
                                 tooltip="The plan in use (edited or the model's) for the GoT SSGM Conditioner and "
                                         "GoT Mask from Boxes."),
                 io.String.Output("boxes", display_name="boxes",

@@ -26,7 +26,7 @@ from ..got_backend.reasoning.sampling import ReasoningSettings
 from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
 from .comfy_bridge import comfy_image, show_on_node
 from .model_management import ManagedMLLM
-from .types import GotChain, GotMLLM, ReasonedChain, chain_reasoning, reasoned_chain
+from .types import ChainSocket, MLLMSocket, ReasonedChain, chain_reasoning, reasoned_chain
 from ..got_backend.errors import GoTError
 
 TASKS = {"text-to-image": "t2i", "edit": "edit"}
@@ -108,7 +108,7 @@ def reasoning_settings(max_new_tokens: int, sampling: bool, seed: int, temperatu
 
 
 CHAIN_OUTPUTS = [
-    GotChain.Output("reasoned_chain", display_name="chain",
+    ChainSocket.Output("reasoned_chain", display_name="chain",
                     tooltip="The reasoning chain with its object boxes, for the GoT Chain Parser (to edit it), "
                             "GoT Mask from Boxes and the GoT SSGM Conditioner."),
     io.String.Output("chain_text", display_name="text",
@@ -133,7 +133,7 @@ class GoTReasoner(io.ComfyNode):
                         "chain of thought that places every object with a box and a colour. The chain is streamed "
                         "onto the node while it grows; Cancel stops it.",
             inputs=[
-                GotMLLM.Input("mllm", tooltip="The GoT MLLM from the GoT MLLM Loader."),
+                MLLMSocket.Input("mllm", tooltip="The GoT MLLM from the GoT MLLM Loader."),
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="Text-to-image: the caption of the image. Edit: the instruction, e.g. "
                                         "'replace the cat with a dog'."),
@@ -195,8 +195,8 @@ class GoTNextTurn(io.ComfyNode):
                         "conversation goes on, the rendered image is shown to the MLLM when it asks for it, and "
                         "the next turn's chain comes out (its boxes only). Chain several for several turns.",
             inputs=[
-                GotMLLM.Input("mllm", tooltip="The GoT MLLM that wrote the previous turn."),
-                GotChain.Input("chain", tooltip="The previous turn's chain (from a GoT Reasoner, Next Turn or "
+                MLLMSocket.Input("mllm", tooltip="The GoT MLLM that wrote the previous turn."),
+                ChainSocket.Input("chain", tooltip="The previous turn's chain (from a GoT Reasoner, Next Turn or "
                                                 "Chain Parser; an edited chain is continued as edited)."),
                 io.Image.Input("image", tooltip="The image rendered from the previous turn (one RGB image); the "
                                                 "MLLM sees it when it writes <|vision_start|>."),

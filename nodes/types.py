@@ -19,12 +19,12 @@ from ..got_backend.ssgm.chain import GoTChain, parse_chain
 from ..got_backend.reasoning.turns import Reasoning
 from ..got_backend.errors import GoTError
 
-GotMLLM = io.Custom("GOT_MLLM")
-GotVLM = io.Custom("GOT_VLM")
-GotChain = io.Custom("GOT_CHAIN")
-GotBranches = io.Custom("GOT_BRANCHES")
+MLLMSocket = io.Custom("GOT_MLLM")
+VLMSocket = io.Custom("GOT_VLM")
+ChainSocket = io.Custom("GOT_CHAIN")
+BranchesSocket = io.Custom("GOT_BRANCHES")
 
-Conditioning = list[list]  # ComfyUI's CONDITIONING value: [[cross_attn, {extra conds}], ...]
+ComfyConditioning = list[list]  # ComfyUI's CONDITIONING value: [[cross_attn, {extra conds}], ...]
 
 
 class ChainWithoutReasoningError(GoTError):

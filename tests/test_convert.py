@@ -15,7 +15,7 @@ from got_backend.convert import ConversionError, convert_release, main
 from got_backend.weights.diffusers_configs import infer_unet_config, unet_shapes
 from got_backend.testing.fixtures import POOLED_DIM, to_transformers_449_name, unet_config, vae_config
 from got_backend.weights.safetensors_writer import write_safetensors, write_sharded_safetensors
-from got_backend.reasoning.tokens import EXPECTED_IDS, GotTokenizerError, resolve_got_tokens
+from got_backend.reasoning.tokens import EXPECTED_IDS, GoTTokenizerError, resolve_got_tokens
 from tests.got_release_reference import MLLM_PEFT, expected_mllm, expected_part, raw_state, release_variant
 
 SDXL_UNET = dict(sample_size=128, in_channels=12, out_channels=4,
@@ -118,7 +118,7 @@ def test_tokenizer_resolves_got_tokens_at_the_released_ids(tiny_models_dir, tiny
     assert (ids.boi, ids.eoi, ids.image_queries[0], ids.image_queries[-1]) == (151665, 151666, 151667, 151730)
     assert {name: processor.tokenizer.convert_tokens_to_ids(name) for name in EXPECTED_IDS} == EXPECTED_IDS
     base = AutoProcessor.from_pretrained(tiny_release.qwen_base)
-    with pytest.raises(GotTokenizerError):  # the base tokenizer lacks them: the conversion added them
+    with pytest.raises(GoTTokenizerError):  # the base tokenizer lacks them: the conversion added them
         resolve_got_tokens(base.tokenizer)
     messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
     assert processor.apply_chat_template(messages, add_generation_prompt=True) == \

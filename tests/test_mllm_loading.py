@@ -12,7 +12,7 @@ from torch import nn
 
 from got_backend.testing.fixtures import TinyRelease
 from got_backend.reasoning.mllm import GoTMLLM, MLLMLoadError, resolve_dtype
-from got_backend.reasoning.tokens import GotTokenizerError
+from got_backend.reasoning.tokens import GoTTokenizerError
 
 PROMPT = "two cats on a sofa"
 
@@ -91,7 +91,7 @@ def test_tokenizer_without_gots_tokens_is_refused(tiny_mllm_folder: Path, tiny_r
     folder = linked_copy(tiny_mllm_folder, tmp_path / "GoT-6B", {name: None for name in names})
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
         (folder / name).symlink_to(base / name)
-    with pytest.raises(GotTokenizerError, match="<\\|im_gen_start\\|>: expected id 151665"):
+    with pytest.raises(GoTTokenizerError, match="<\\|im_gen_start\\|>: expected id 151665"):
         GoTMLLM.from_converted(folder, "fp32")
 
 
@@ -101,7 +101,7 @@ def test_tokenizer_with_gots_tokens_in_the_wrong_order_is_refused(converted: GoT
 
     processor = AutoProcessor.from_pretrained(tiny_release.qwen_base)
     processor.tokenizer.add_tokens(["<|im_gen_end|>", "<|im_gen_start|>"], special_tokens=True)
-    with pytest.raises(GotTokenizerError, match="expected id 151665, tokenizer has 151666"):
+    with pytest.raises(GoTTokenizerError, match="expected id 151665, tokenizer has 151666"):
         GoTMLLM(converted.model, processor, converted.output_projector, converted.output_projector_add)
 
 

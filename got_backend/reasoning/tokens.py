@@ -29,12 +29,12 @@ EXPECTED_IDS = {
 EMBEDDING_ROWS = 151936
 
 
-class GotTokenizerError(GoTError):
+class GoTTokenizerError(GoTError):
     """The tokenizer does not carry GoT's tokens at GoT's ids."""
 
 
 @dataclass(frozen=True)
-class GotTokenIds:
+class GoTTokenIds:
     boi: int
     eoi: int
     image_queries: tuple[int, ...]
@@ -57,7 +57,7 @@ def add_got_tokens(tokenizer) -> None:
         tokenizer.add_tokens(missing, special_tokens=True)
 
 
-def resolve_got_tokens(tokenizer) -> GotTokenIds:
+def resolve_got_tokens(tokenizer) -> GoTTokenIds:
     """Look every token up by name; refuse a tokenizer whose ids differ from the released ones."""
     wrong = []
     for name, expected in EXPECTED_IDS.items():
@@ -65,12 +65,12 @@ def resolve_got_tokens(tokenizer) -> GotTokenIds:
         if found != expected or tokenizer.convert_ids_to_tokens(expected) != name:
             wrong.append(f"{name}: expected id {expected}, tokenizer has {found}")
     if wrong:
-        raise GotTokenizerError(
+        raise GoTTokenizerError(
             "this tokenizer does not match GoT (docs/ALGORITHM.md §3): " + "; ".join(wrong[:5])
             + (f" (and {len(wrong) - 5} more)" if len(wrong) > 5 else "")
             + ". Use the tokenizer of Qwen2.5-VL-3B-Instruct, to which GoT's tokens are added in order.")
     ids = tokenizer.convert_tokens_to_ids
-    return GotTokenIds(
+    return GoTTokenIds(
         boi=ids(BOI), eoi=ids(EOI), image_queries=tuple(ids(list(IMAGE_QUERY_TOKENS))),
         endoftext=ids(ENDOFTEXT), im_end=ids(IM_END), vision_start=ids(VISION_START),
         vision_end=ids(VISION_END), image_pad=ids(IMAGE_PAD),
