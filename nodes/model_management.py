@@ -10,6 +10,7 @@ is freed too, so no VRAM stays behind. Cancel frees the cache inside `GoTMLLM` i
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 
 import comfy.model_management
 import comfy.model_patcher
@@ -62,10 +63,12 @@ class MLLMPatcher(comfy.model_patcher.ModelPatcher):
     """A ModelPatcher that also frees the reasoner's KV cache whenever ComfyUI takes the weights off the device,
     partly (to make room for another model) or wholly (unload)."""
 
+    @override
     def partially_unload(self, device_to: torch.device, memory_to_free: int = 0) -> int:
         self.model.release_caches()
         return super().partially_unload(device_to, memory_to_free)
 
+    @override
     def detach(self, unpatch_all: bool = True) -> torch.nn.Module:
         # Not when the patcher is merely garbage-collected (its __del__ detaches with unpatch_all=False): the
         # cache then goes with the model, and torch must not run during interpreter shutdown.

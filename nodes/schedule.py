@@ -20,6 +20,7 @@ Three things differ from diffusers' loop, and these two nodes set them:
 from __future__ import annotations
 
 import torch
+from typing_extensions import override
 from comfy_api.latest import io
 
 import comfy.k_diffusion.sampling
@@ -34,6 +35,7 @@ class DiffusersDDPMSampler(comfy.samplers.KSAMPLER):
     def __init__(self) -> None:
         super().__init__(sample_ddpm_continued)
 
+    @override
     def max_denoise(self, model_wrap, sigmas) -> bool:
         # ComfyUI then scales the start noise by sqrt(1 + sigma^2): unit variance in DDPM's x_t, as diffusers.
         return True
