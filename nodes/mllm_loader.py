@@ -1,4 +1,6 @@
-"""GoT MLLM Loader: the reasoning MLLM from ComfyUI's `models/LLM` folder, under ComfyUI's model management.
+"""GoT MLLM Loader (the reasoning MLLM) and GoT VLM Loader (any Qwen2.5-VL as a chat model) from ComfyUI's
+`models/LLM` folder, under ComfyUI's model management. The two loaders on the same folder and dtype give the same
+weights, loaded once (`model_management.shared_model`).
 
 Model folders are chosen from lists, never typed: a shared workflow can only name a folder directly inside one
 of ComfyUI's LLM model folders (models/LLM, or what extra_model_paths.yaml adds under `LLM`).
@@ -13,10 +15,11 @@ from comfy_api.latest import io
 
 import folder_paths
 
+from ..got_backend.chat import ChatModel
 from ..got_backend.reasoning.mllm import GoTMLLM
 from ..got_backend.weights.models_dir import PROJECTORS_FILE, QWEN_BASE_NAME, RELEASE_INDEX, mllm_layout
-from .model_management import DTYPE_CHOICES, ManagedMLLM, mllm_devices, mllm_dtype
-from .types import MLLMSocket
+from .model_management import DTYPE_CHOICES, ManagedMLLM, ManagedVLM, mllm_devices, mllm_dtype, shared_model
+from .types import MLLMSocket, VLMSocket
 from ..got_backend.errors import GoTError
 
 LLM_FOLDER = "LLM"
@@ -66,19 +69,33 @@ def load_got_mllm(name: str, qwen_name: str, dtype_choice: str) -> ManagedMLLM:
     dtype = mllm_dtype(dtype_choice, load_device)
     layout = mllm_layout(folder)
     if layout == "converted":
-        got = GoTMLLM.from_converted(folder, dtype=dtype, device=offload_device)
-    elif layout == "release":
+        return shared_model((folder,), dtype, lambda: ManagedMLLM(
+            GoTMLLM.from_converted(folder, dtype=dtype, device=offload_device), name, load_device, offload_device))
+    if layout == "release":
         if qwen_name == NO_QWEN:
             raise ModelFolderError(
                 f"{name} is the GoT-6B release (pickle shards), which needs the {QWEN_BASE_NAME} folder for its "
                 f"tokenizer and config: choose it in qwen_folder, or convert once with `python -m got_backend.convert`"
                 " and pick the converted folder")
-        got = GoTMLLM.from_release(folder, resolve_model_folder(qwen_name), dtype=dtype, device=offload_device)
-    else:
-        raise ModelFolderError(
-            f"{name} holds a model but not GoT's: it has no {PROJECTORS_FILE} (a converted GoT) and no "
-            f"{RELEASE_INDEX} (the GoT-6B release). Pick the GoT folder; {QWEN_BASE_NAME} goes in qwen_folder")
-    return ManagedMLLM(got, name, load_device, offload_device)
+        qwen = resolve_model_folder(qwen_name)
+        return shared_model((folder, qwen), dtype, lambda: ManagedMLLM(
+            GoTMLLM.from_release(folder, qwen, dtype=dtype, device=offload_device), name, load_device,
+            offload_device))
+    raise ModelFolderError(
+        f"{name} holds a model but not GoT's: it has no {PROJECTORS_FILE} (a converted GoT) and no "
+        f"{RELEASE_INDEX} (the GoT-6B release). Pick the GoT folder; {QWEN_BASE_NAME} goes in qwen_folder")
+
+
+def load_vlm(name: str, dtype_choice: str) -> ManagedVLM:
+    """Any Qwen2.5-VL folder as a chat model; a converted GoT folder is loaded as the GoT MLLM (shared with the
+    GoT MLLM Loader) and used as a chat model."""
+    folder = resolve_model_folder(name)
+    if mllm_layout(folder) == "converted":
+        return load_got_mllm(name, NO_QWEN, dtype_choice).as_chat()
+    load_device, offload_device = mllm_devices()
+    dtype = mllm_dtype(dtype_choice, load_device)
+    return shared_model((folder,), dtype, lambda: ManagedVLM.standalone(
+        ChatModel.from_folder(folder, dtype=dtype, device=offload_device), name, load_device, offload_device))
 
 
 class GoTMLLMLoader(io.ComfyNode):
@@ -125,4 +142,38 @@ class GoTMLLMLoader(io.ComfyNode):
         return io.NodeOutput(load_got_mllm(model_folder, qwen_folder, dtype))
 
 
-NODES: list[type[io.ComfyNode]] = [GoTMLLMLoader]
+class GoTVLMLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="GoTVLMLoader",
+            display_name="GoT VLM Loader",
+            category="GoT/loaders",
+            description="Loads any Qwen2.5-VL folder from models/LLM as a chat model, for the GoT Prompt Thinker "
+                        "(and the judge): the base Qwen2.5-VL-3B-Instruct, a Think-Then-Generate-tuned Hugging Face "
+                        "folder, or the converted GoT MLLM. Naming the same folder and dtype as the GoT MLLM Loader "
+                        "shares its weights (loaded once). ComfyUI manages its memory like any model.",
+            inputs=[
+                io.Combo.Input("model_folder", options=model_folder_names(),
+                               tooltip="A Qwen2.5-VL folder in models/LLM with safetensors weights (config.json "
+                                       "model_type qwen2_5_vl). The raw GoT-6B release (pickle shards) is not "
+                                       "read here: convert it once, or use the converted folder."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp32. Avoid "
+                                       "fp16: Qwen2.5-VL overflows in fp16."),
+            ],
+            outputs=[VLMSocket.Output("vlm", display_name="vlm",
+                                   tooltip="The chat model, for the GoT Prompt Thinker.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_folder: str, dtype: str) -> bool | str:
+        """Refuse names that are not listed, as the GoT MLLM Loader does."""
+        return GoTMLLMLoader.validate_inputs(model_folder, NO_QWEN, dtype)
+
+    @classmethod
+    def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:
+        return io.NodeOutput(load_vlm(model_folder, dtype))
+
+
+NODES: list[type[io.ComfyNode]] = [GoTMLLMLoader, GoTVLMLoader]

@@ -1,13 +1,23 @@
-"""The GoT MLLM under ComfyUI's model management.
+"""The GoT MLLM and chat models (any Qwen2.5-VL) under ComfyUI's model management.
 
 The MLLM and its two projectors sit behind one `comfy.model_patcher.ModelPatcher`, so ComfyUI accounts for them,
 moves them to the GPU with `load_models_gpu` before every use, offloads them when another model needs the
 memory, and unloads them on "Unload models" (POST /free) like any checkpoint. Whenever ComfyUI takes the
-weights off the device, the reasoner's KV cache (kept between the Reasoner and the SSGM Conditioner for reuse)
-is freed too, so no VRAM stays behind. Cancel frees the cache inside `GoTMLLM` itself.
+weights off the device, the KV caches of everything that runs on those weights (the reasoner's, kept between
+the Reasoner and the SSGM Conditioner for reuse, and a chat model's) are freed too, so no VRAM stays behind.
+Cancel frees the cache inside `GoTMLLM` / `ChatModel` itself.
+
+A chat model (GOT_VLM, `ManagedVLM`) is either its own folder behind its own patcher, or the GoT MLLM itself:
+then it shares the MLLM's patcher and weights. `shared_model` keeps one managed model per (folder, dtype) while
+anything holds it, so the GoT MLLM Loader and the GoT VLM Loader on the same folder load it once.
 """
 
 from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 import torch
 from typing_extensions import override
@@ -15,6 +25,7 @@ from typing_extensions import override
 import comfy.model_management
 import comfy.model_patcher
 
+from ..got_backend.chat import ChatModel
 from ..got_backend.ssgm.chain import GoTChain
 from ..got_backend.reasoning.mllm import GoTMLLM
 from ..got_backend.reasoning.semantic import SemanticGuidance
@@ -47,21 +58,38 @@ def mllm_dtype(choice: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-class MLLMWeights(torch.nn.Module):
-    """The modules ComfyUI moves: the MLLM and both projectors. (ModelPatcher writes `device` and bookkeeping
-    attributes on the module it manages; a transformers model's `device` is a read-only property.)"""
+class ManagedWeights(torch.nn.Module):
+    """The modules ComfyUI moves (the MLLM and both projectors, or a chat model), and whatever keeps KV caches
+    on them. (ModelPatcher writes `device` and bookkeeping attributes on the module it manages; a transformers
+    model's `device` is a read-only property.)"""
 
-    def __init__(self, got: GoTMLLM) -> None:
+    def __init__(self, cache_owner: GoTMLLM | ChatModel, **modules: torch.nn.Module) -> None:
         super().__init__()
-        self.mllm = got.model
-        self.output_projector = got.output_projector
-        self.output_projector_add = got.output_projector_add
-        self.release_caches = got.release_caches
+        for name, module in modules.items():
+            setattr(self, name, module)
+        self.cache_owners = [cache_owner]
+
+    def release_caches(self) -> None:
+        for owner in self.cache_owners:
+            owner.release_caches()
+
+    def cache_bytes(self) -> int:
+        return sum(owner.cache_bytes for owner in self.cache_owners)
 
 
 class MLLMPatcher(comfy.model_patcher.ModelPatcher):
     """A ModelPatcher that also frees the reasoner's KV cache whenever ComfyUI takes the weights off the device,
-    partly (to make room for another model) or wholly (unload)."""
+    partly (to make room for another model) or wholly (unload). The KV caches count in its size: they stay on
+    the load device between prompts (their capacity follows the largest max_new_tokens asked for), so ComfyUI
+    must see them to know what unloading this model frees."""
+
+    @override
+    def model_size(self) -> int:
+        return super().model_size() + self.model.cache_bytes()
+
+    @override
+    def loaded_size(self) -> int:
+        return super().loaded_size() + self.model.cache_bytes()
 
     @override
     def partially_unload(self, device_to: torch.device, memory_to_free: int = 0) -> int:
@@ -77,29 +105,66 @@ class MLLMPatcher(comfy.model_patcher.ModelPatcher):
         return super().detach(unpatch_all)
 
 
+def load_fully(patcher: comfy.model_patcher.ModelPatcher, what: str) -> None:
+    """All of `patcher`'s weights on its load device, through ComfyUI (which may evict other models)."""
+    try:
+        comfy.model_management.load_models_gpu([patcher], force_full_load=True)
+    except torch.OutOfMemoryError as err:
+        raise MemoryError(
+            f"the {what} does not fit on {patcher.load_device}: free memory (Unload models), choose a smaller "
+            "dtype on its loader, or start ComfyUI with --lowvram, which runs it on the CPU") from err
+    devices = {p.device for p in patcher.model.parameters()}
+    if len(devices) > 1:
+        raise PartialLoadError(
+            f"ComfyUI loaded the {what} only partly onto {patcher.load_device} (its weights are on "
+            f"{sorted(map(str, devices))}); free memory (Unload models) or start ComfyUI with --lowvram, which "
+            "runs it on the CPU")
+
+
+class ManagedVLM:
+    """The GOT_VLM value: a ChatModel whose weights ComfyUI loads, offloads and evicts."""
+
+    def __init__(self, chat: ChatModel, name: str, patcher: comfy.model_patcher.ModelPatcher,
+                 shares: ManagedMLLM | None = None) -> None:
+        self.chat, self.name, self.patcher = chat, name, patcher
+        self.shares = shares  # the GoT MLLM whose weights these are, kept alive for `shared_model`
+
+    @classmethod
+    def standalone(cls, chat: ChatModel, name: str, load_device: torch.device,
+                   offload_device: torch.device) -> ManagedVLM:
+        """A chat model behind a patcher of its own."""
+        weights = ManagedWeights(chat, vlm=chat.model)
+        return cls(chat, name, MLLMPatcher(weights, load_device=load_device, offload_device=offload_device))
+
+    def loaded(self) -> ChatModel:
+        """The ChatModel with all its weights on the load device."""
+        load_fully(self.patcher, f"chat model {self.name!r}")
+        return self.chat
+
+
 class ManagedMLLM:
     """The GOT_MLLM value: a GoTMLLM whose weights ComfyUI loads, offloads and evicts."""
 
     def __init__(self, got: GoTMLLM, name: str, load_device: torch.device, offload_device: torch.device) -> None:
         self.got, self.name = got, name
-        self.patcher = MLLMPatcher(MLLMWeights(got), load_device=load_device, offload_device=offload_device)
+        weights = ManagedWeights(got, mllm=got.model, output_projector=got.output_projector,
+                                 output_projector_add=got.output_projector_add)
+        self.patcher = MLLMPatcher(weights, load_device=load_device, offload_device=offload_device)
+        self._chat: ManagedVLM | None = None
 
     def loaded(self) -> GoTMLLM:
         """The GoTMLLM with all its weights on the load device (through ComfyUI, which may evict others)."""
-        try:
-            comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        except torch.OutOfMemoryError as err:
-            raise MemoryError(
-                f"the GoT MLLM {self.name!r} does not fit on {self.patcher.load_device}: free memory (Unload "
-                "models), choose a smaller dtype on the GoT MLLM Loader, or start ComfyUI with --lowvram, which "
-                "runs the MLLM on the CPU") from err
-        devices = {p.device for p in self.patcher.model.parameters()}
-        if len(devices) > 1:
-            raise PartialLoadError(
-                f"ComfyUI loaded the GoT MLLM {self.name!r} only partly onto {self.patcher.load_device} (its weights "
-                f"are on {sorted(map(str, devices))}); free memory (Unload models) or start ComfyUI with "
-                "--lowvram, which runs the MLLM on the CPU")
+        load_fully(self.patcher, f"GoT MLLM {self.name!r}")
         return self.got
+
+    def as_chat(self) -> ManagedVLM:
+        """This MLLM as a chat model: the same weights behind the same patcher (one load), its own KV cache,
+        which ComfyUI's unloads free with the reasoner's."""
+        if self._chat is None:
+            chat = ChatModel.of(self.got)
+            self.patcher.model.cache_owners.append(chat)
+            self._chat = ManagedVLM(chat, self.name, self.patcher, shares=self)
+        return self._chat
 
     def semantic_guidance(self, chain: GoTChain) -> SemanticGuidance:
         """docs/ALGORITHM.md §6 for a GOT_CHAIN value: the reasoner's KV cache is reused while the chain text is

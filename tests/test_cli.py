@@ -92,3 +92,20 @@ def test_smoke_runs_the_whole_path_on_fresh_tiny_models(tmp_path: Path, capsys: 
     assert (tmp_path / "smoke.layout.png").is_file() and "<|im_gen_start|>" in (tmp_path / "smoke.chain.txt").read_text()
     printed = capsys.readouterr()
     assert "example chain" in printed.out and "denoising" in printed.err
+
+
+def test_think_rewrites_first_and_writes_the_thinking(tmp_path: Path, tiny_models_dir: Path, tiny_vlm_folder: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "chain.txt").write_text(CHAIN)
+    for name, folder in (("plain", tiny_vlm_folder), ("got", tiny_models_dir / "LLM" / "GoT-6B")):
+        out = tmp_path / f"{name}.png"
+        assert generate("--prompt", "an apple", "--think", folder, "--chain-file", tmp_path / "chain.txt",
+                        "--models", tiny_models_dir, "--out", out, *SMALL) == 0
+        assert out.is_file()
+        # two tokens cannot hold a revision: the original prompt goes on, and both outputs say so
+        assert (tmp_path / f"{name}.thinking.txt").read_text().endswith("Revised Prompt: an apple\n")
+        captured = capsys.readouterr()
+        assert "revised prompt: an apple" in captured.out and 'no "Revised Prompt:"' in captured.err
+    assert generate("--prompt", "an apple", "--think", tmp_path, "--chain-file", tmp_path / "chain.txt",
+                    "--models", tiny_models_dir, "--out", tmp_path / "bad.png", *SMALL) == 2
+    assert "lacks config.json" in capsys.readouterr().err

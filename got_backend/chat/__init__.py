@@ -7,11 +7,14 @@ API (got_backend.chat):
   (`weights.mllm_files.read_vlm`: refuses non-Qwen2.5-VL configs and pickle-only folders with an MLLMLoadError).
 - `ChatModel.of(got_mllm)`: a GoTMLLM as a chat model, sharing its model and processor (loaded once); it keeps
   its own KV cache, so the reasoner's cache is untouched.
+- `ChatModel.for_folder(folder, got_mllm, got_folder)`: `of(got_mllm)` when `folder` is GoT's own folder, else
+  `from_folder(folder)` on the MLLM's device and dtype (the CLI's --think; --judge can use it too).
 - `chat.sequence(text, image=None, system=None) -> TokenSequence`: the chat-templated question (image first,
   squashed to 448x448 like GoT's inputs; no `system`: Qwen's default system turn).
-- `chat.generate(text, image=None, *, system=None, assistant_prefix="", max_new_tokens=512, do_sample=False,
-  temperature, top_p, top_k, seed, repetition_penalty=None, logits_processor=(), on_token=None,
-  should_cancel=None) -> ChatAnswer(text, stop, new_tokens, sequence, prompt_length, stats)`: greedy by default;
+- `chat.generate(text, image=None, *, system=None, assistant_prefix="", settings=ReasoningSettings(),
+  on_token=None, should_cancel=None, **changes) -> ChatAnswer(text, stop, new_tokens, sequence, prompt_length,
+  stats)`: `settings` is reasoning.sampling.ReasoningSettings (max_new_tokens 1024, do_sample, temperature,
+  top_p, top_k, seed, repetition_penalty, logits_processor), `changes` override its fields; greedy by default;
   stops on the folder's eos tokens (<|im_end|>, <|endoftext|>); `on_token` gets a reasoning.turns.TokenEvent
   per token (the stop token included); `should_cancel()` is checked between tokens and raises
   reasoning.turns.ReasoningCancelled with the KV cache dropped; `logits_processor`: transformers-style

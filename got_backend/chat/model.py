@@ -4,7 +4,7 @@ scoring the first token of its answer."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -13,10 +13,10 @@ from torch import nn
 from ..errors import GoTError
 from ..images import ImageInput
 from ..reasoning.decoder_slot import DecoderSlot, Decoding
-from ..reasoning.decoding import TokenSequence, model_device
+from ..reasoning.conversation import TokenSequence, model_device
 from ..reasoning.mllm import GoTMLLM
 from ..reasoning.prompts import chat_sequence, condition_image
-from ..reasoning.sampling import LogitsProcessor, SamplingSettings, TokenPicker
+from ..reasoning.sampling import LogitsProcessor, ReasoningSettings, TokenPicker
 from ..reasoning.tokens import ENDOFTEXT, IM_END
 from ..reasoning.turns import ReasoningCancelled, ReasoningStats, TokenEvent, generate_turn, turn_stats
 from ..weights.mllm_files import read_vlm
@@ -67,6 +67,14 @@ class ChatModel:
                    repetition_penalty=parts.repetition_penalty, eos_token_ids=parts.eos_token_ids)
 
     @classmethod
+    def for_folder(cls, folder: str | Path, got: GoTMLLM, got_folder: str | Path) -> ChatModel:
+        """`got` as a chat model when `folder` is its own folder (nothing loaded again), else the Qwen2.5-VL of
+        `folder` on `got`'s device, in its dtype."""
+        if Path(folder).resolve() == Path(got_folder).resolve():
+            return cls.of(got)
+        return cls.from_folder(folder, dtype=got.dtype, device=got.device)
+
+    @classmethod
     def of(cls, got: GoTMLLM) -> ChatModel:
         """GoT's MLLM as a chat model: the same weights and processor (nothing loaded again), its own KV cache
         (so the reasoner's cache, kept for semantic guidance, is not disturbed)."""
@@ -110,31 +118,28 @@ class ChatModel:
         return chat_sequence(self.processor, text, view, system)
 
     def generate(self, text: str, image: ImageInput | None = None, *, system: str | None = None,
-                 assistant_prefix: str = "", max_new_tokens: int = 512, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, seed: int | None = None,
-                 repetition_penalty: float | None = None, logits_processor: Sequence[LogitsProcessor] = (),
+                 assistant_prefix: str = "", settings: ReasoningSettings = ReasoningSettings(),
                  on_token: Callable[[TokenEvent], None] | None = None,
-                 should_cancel: Callable[[], bool] | None = None) -> ChatAnswer:
-        """The model's answer, greedy unless `do_sample`, until an eos token of the folder's generation config
-        (<|im_end|>, <|endoftext|>) or `max_new_tokens`. `on_token`, `should_cancel` (raises
-        `ReasoningCancelled`, the cache dropped) and `logits_processor` work as in `GoTMLLM.reason`."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ChatError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-        penalty = self.repetition_penalty if repetition_penalty is None else repetition_penalty
-        settings = SamplingSettings(do_sample, temperature, top_p, top_k, seed, penalty)
+                 should_cancel: Callable[[], bool] | None = None, **changes) -> ChatAnswer:
+        """The model's answer, greedy unless `settings.do_sample`, until an eos token of the folder's generation
+        config (<|im_end|>, <|endoftext|>) or `settings.max_new_tokens`. `changes`: fields of `settings` to
+        change for this call (`max_new_tokens=64, logits_processor=[...]`); `on_token` and `should_cancel`
+        (raises `ReasoningCancelled`, the cache dropped) as in `GoTMLLM.reason`."""
+        settings = replace(settings, **changes) if changes else settings
         question = self.sequence(text, image, system)
         sequence = question + self._encode(assistant_prefix)
         with self._slot.guard(), torch.inference_mode():
-            picker = TokenPicker(settings, sequence.ids, self.vocab_size, self.device, logits_processor)
-            decoder = self._slot.acquire(len(sequence.ids) + max_new_tokens + 1)
-            out = generate_turn(decoder, sequence, picker, self.stops, max_new_tokens, self._decode, on_token,
-                                should_cancel)
+            picker = TokenPicker(settings.sampling(self.repetition_penalty), sequence.ids, self.vocab_size,
+                                 self.device, settings.logits_processor)
+            decoder = self._slot.acquire(len(sequence.ids) + settings.max_new_tokens + 1)
+            out = generate_turn(decoder, sequence, picker, self.stops, settings.max_new_tokens, self._decode,
+                                on_token, should_cancel)
         self._slot.note = decoder.note or self._slot.note
         answer = out.new_ids[:-1] if out.new_ids[-1] in self.stops else out.new_ids
         return ChatAnswer(text=self._decode(sequence.ids[len(question.ids):] + tuple(answer)),
                           stop=self.stops.get(out.new_ids[-1], "max_tokens"), new_tokens=len(out.new_ids),
                           sequence=sequence + out.new_ids, prompt_length=len(question.ids),
-                          stats=turn_stats(out, decoder, picker.seed if do_sample else None))
+                          stats=turn_stats(out, decoder, picker.seed if settings.do_sample else None))
 
     def word_token(self, word: str) -> int:
         """The one token `word` is written with at the start of an answer; a word of several tokens is refused

@@ -16,6 +16,8 @@ import pytest
 NODES_DIR = Path(__file__).resolve().parents[2] / "nodes"
 OUTPUTS = {  # node id -> (V1 RETURN_TYPES, RETURN_NAMES)
     "GoTMLLMLoader": (("GOT_MLLM",), ("mllm",)),
+    "GoTVLMLoader": (("GOT_VLM",), ("vlm",)),
+    "GoTPromptThinker": (("STRING", "STRING"), ("prompt", "thinking")),
     "GoTReasoner": (("GOT_CHAIN", "STRING"), ("chain", "text")),
     "GoTNextTurn": (("GOT_CHAIN", "STRING"), ("chain", "text")),
     "GoTChainParser": (("GOT_CHAIN", "STRING", "STRING"), ("chain", "boxes", "text")),

@@ -331,3 +331,48 @@ def test_a_folder_outside_models_llm_is_refused(comfyui_server):
 def test_the_server_keeps_serving_after_the_failures(comfyui_server):
     entry, _ = ran(comfyui_server, small(twin("GoT text-to-image")), "GoT text-to-image after failures")
     assert entry["outputs"]["15"]["images"]
+
+
+# --- think, plan, render (the Prompt Thinker before the Reasoner) -------------------------------------------
+
+THINKER = "40"
+
+
+def thinking(graph: dict, max_new_tokens: int) -> dict:
+    """The think template with a short thinker (the tiny model never writes "Revised Prompt:" by itself)."""
+    graph["40"]["inputs"].update(max_new_tokens=max_new_tokens,
+                                 seed=1 + int(time.time() * 1000) % 10**6)  # never a cached thought
+    return graph
+
+
+def test_think_plan_render_template_renders_and_streams_the_thinking(comfyui_server, listener):
+    graph = thinking(small(twin("GoT think, plan, render")), max_new_tokens=24)
+    assert graph["2"]["inputs"]["prompt"] == [THINKER, 0]  # the Reasoner plans the thinker's prompt
+    entry = comfyui_server.wait(listener.queue(comfyui_server, graph))
+    assert entry["status"]["status_str"] == "success", comfyui_server.execution_error(entry)
+    assert saved_image(comfyui_server, entry, "15").size == (SIZE, SIZE)
+    (shown,) = entry["outputs"][THINKER]["text"]
+    assert 'Revised Prompt: The tower Gustave Eiffel built' in shown  # no revision: the original prompt went on
+    assert 'no "Revised Prompt:" in the answer: the original prompt is passed on' in shown
+    steps = [(p["value"], p["max"]) for p in listener.progress if p["node"] == THINKER]
+    assert steps[:2] == [(1, 24), (2, 24)] and steps[-1] == (24, 24)
+    streamed = [text for node, text in listener.texts if node == THINKER]
+    assert len(streamed) >= 2 and streamed[-1] == shown  # streamed while thinking, then the result
+
+
+def test_what_the_thinker_adds_to_the_wall_time(comfyui_server):
+    """The same render with and without 24 thinking tokens before it, every model already loaded."""
+    plain = small(twin("GoT text-to-image"))
+    ran(comfyui_server, plain, "GoT text-to-image, warming up")
+    plain["2"]["inputs"]["seed"] += 1 + int(time.time() * 1000) % 10**6  # everything after the loaders re-runs
+    _, without = ran(comfyui_server, plain, "GoT text-to-image (64x64, 2 steps)")
+    _, with_thinking = ran(comfyui_server, thinking(small(twin("GoT think, plan, render")), max_new_tokens=24),
+                           "GoT think, plan, render (24 thinking tokens, 64x64, 2 steps)")
+    print(f"\n[wall time] the thinker adds {with_thinking - without:.2f} s for 24 tokens on the tiny models")
+
+
+def test_an_empty_prompt_to_the_thinker_is_refused_at_queue_time(comfyui_server):
+    graph = small(twin("GoT think, plan, render"))
+    graph[THINKER]["inputs"]["prompt"] = " "
+    status, body = comfyui_server.submit(graph)
+    assert status == 400 and "prompt to think about is empty" in json.dumps(body["node_errors"][THINKER])
