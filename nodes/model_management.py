@@ -171,3 +171,17 @@ class ManagedMLLM:
         unedited; an edited chain is re-read in one full forward."""
         reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
         return self.loaded().semantic_guidance(reasoning, chain.text)
+
+
+Managed = TypeVar("Managed", ManagedMLLM, ManagedVLM)
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def shared_model(folders: tuple[Path, ...], dtype: torch.dtype, load: Callable[[], Managed]) -> Managed:
+    """The managed model already loaded from `folders` in `dtype` (while any node output still holds it), else
+    `load()`'s, remembered for the next loader."""
+    key = (*(str(folder.resolve()) for folder in folders), dtype)
+    found = _SHARED.get(key)
+    if found is None:
+        found = _SHARED[key] = load()
+    return found
