@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     reason.add_argument("--temperature", type=float, default=1.0)
     reason.add_argument("--top-p", type=float, default=1.0)
     reason.add_argument("--reasoning-seed", type=int, help="seed for --sample")
+    gen.add_argument_group("thinking (Think-Then-Generate, docs/ALGORITHM.md §12)").add_argument(
+        "--think", type=Path, metavar="FOLDER",
+        help="first let this Qwen2.5-VL folder reason about the prompt and rewrite it (its limit: "
+             "--max-new-tokens); GoT's own MLLM folder is used without loading it again. Writes OUT.thinking.txt")
     run = gen.add_argument_group("hardware")
     run.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     run.add_argument("--offload", action="store_true",
@@ -166,6 +170,8 @@ def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens
     pipeline = GoTPipeline.from_files(files, device=device, offload=args.offload,
                                       decoding="plain" if args.plain_decoding else "fast")
     print(f"loaded GoT on {device} in {time.monotonic() - started:.1f} s", flush=True)
+    if args.think:
+        prompt = think_first(args, files, pipeline, prompt, source, reasoning)
     with ProgressBars(reasoning.max_new_tokens, render.steps) as bars:
         if chain_text is not None:
             result = pipeline.render_chain(prompt, chain_text, source, render=render, reasoning=reasoning,
@@ -173,6 +179,27 @@ def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens
         else:
             result = pipeline.generate(prompt, source, render=render, reasoning=reasoning, progress=bars.progress)
     return write_outputs(result, args.out, render)
+
+
+def think_first(args: argparse.Namespace, files: GoTFiles, pipeline: GoTPipeline, prompt: str,
+                source: Image.Image | None, reasoning: ReasoningSettings) -> str:
+    """The revised prompt from the --think folder (the original one when it gives none), its thinking written
+    to OUT.thinking.txt."""
+    from .chat import ChatModel
+    from .thinking import MARKER, think
+
+    started = time.monotonic()
+    chat = ChatModel.for_folder(args.think, pipeline.mllm, files.mllm)
+    with ProgressBars(reasoning.max_new_tokens, 0) as bars:
+        thought = think(chat, prompt, source, settings=reasoning, on_token=bars.progress.on_token)
+    for note in thought.notes:
+        print(f"thinking: {note}", file=sys.stderr)
+    path = args.out.with_suffix(".thinking.txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"{thought.thinking}\n\n{MARKER} {thought.prompt}\n", encoding="utf-8")
+    print(f"thought for {time.monotonic() - started:.1f} s ({thought.new_tokens} tokens; thinking -> {path})\n"
+          f"revised prompt: {thought.prompt}", flush=True)
+    return thought.prompt
 
 
 def _or(value: int | None, default: int) -> int:

@@ -15,7 +15,7 @@ import json
 import sys
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -164,8 +164,35 @@ def interactive() -> list[Node]:
     ]
 
 
+THINK_PROMPT = "The tower Gustave Eiffel built, at night, seen from the river, with the city's lights"
+
+
+def think_plan_render() -> list[Node]:
+    """Think-Then-Generate before GoT: the Prompt Thinker rewrites the prompt, the Reasoner plans the revision."""
+    return [
+        *loaders(), *size_nodes(),
+        Node(41, "GoTVLMLoader", (-420, 40), (380, 90), {"model_folder": "GoT-6B", "dtype": "auto"},
+             title="thinker model (the GoT MLLM itself: loaded once)"),
+        Node(40, "GoTPromptThinker", (-420, 170), (380, 620), {"prompt": THINK_PROMPT, "max_new_tokens": 1024},
+             {"vlm": (41, 0)}),
+        replace(reasoner(THINK_PROMPT, "text-to-image"), links={"mllm": (1, 0), "prompt": (40, 0)}),
+        Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0)})),
+        *sampling((2, 0), (7.5, 4.0, 1.0)),
+        Node(15, "SaveImage", (1590, 300), (520, 560), {"filename_prefix": "GoT/think"}, {"images": (14, 0)}),
+        *layout_preview(16, (2, 0), (850, 670), "layout of the revised prompt"),
+        note(30, (-420, 830), (380, 420),
+             "## GoT think, plan, render\nThe **GoT Prompt Thinker** (Think-Then-Generate) reasons step by step "
+             "about what the prompt means and writes a revised prompt after `Revised Prompt:`; its thinking "
+             "streams onto the node. The revision goes to the **GoT Reasoner**, which plans its layout.\n\n"
+             "Any Qwen2.5-VL in models/LLM can think (the base Qwen2.5-VL-3B-Instruct, a T2G-tuned folder); "
+             "here it is GoT's own MLLM, loaded once for both.\n\nOther models: connect the thinker's `prompt` "
+             "output to a **CLIPTextEncode**'s `text` (SDXL, Flux, ...). Without a usable revision the original "
+             "prompt goes on and the node says so."),
+    ]
+
+
 WORKFLOWS = {"GoT text-to-image": text_to_image, "GoT image editing": editing,
-             "GoT interactive generation": interactive}
+             "GoT interactive generation": interactive, "GoT think, plan, render": think_plan_render}
 
 
 # --- conversion ---------------------------------------------------------------------------------------------
