@@ -53,7 +53,7 @@ from got_backend.reasoning.mllm import GoTMLLM, resolve_dtype  # noqa: E402
 from got_backend.pipeline import GoTPipeline, Progress, ReasoningSettings, RenderSettings  # noqa: E402
 from got_backend.reasoning.prompts import chat_messages, instruction  # noqa: E402
 from got_backend.reasoning.semantic import IMAGE_QUERY_COUNT  # noqa: E402
-from reasoner import build_reasoner, peak_gib, peak_reset, sync  # noqa: E402
+from reasoner import build_reasoner, peak_gib, peak_reset, profile_table, sync  # noqa: E402
 
 PROMPT = "A sunlit kitchen table with a red teapot, two blue cups, a basket of oranges and a green plant"
 OBJECTS = [("red teapot", (90, 310, 420, 720), "red"), ("blue cup", (460, 520, 610, 760), "blue"),
@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=len(OBJECTS), choices=range(1, len(OBJECTS) + 1),
                         help=f"coloured boxes in the chain (default {len(OBJECTS)}; fewer fit a shorter chain)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one more resident run of ours (top ops and kernels over all its stages)")
     args = parser.parse_args(argv)
     diffusers_logging.set_verbosity_error()  # its note on casting models with .to(dtype) is not for us
     device = "cpu" if args.tiny else "cuda"
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     peak_reset(device)
     fast, fast_note, fast_text = ours(resident, forced, render, device)
     peaks["ours"] = peak_gib(device)
+    profile = profile_table(device, lambda: ours(resident, forced, render, device)) if args.profile else None
+    if profile:
+        print(f"profile of one resident run of ours:\n{profile}")
 
     offloading = GoTPipeline(mllm, unet, vae, device=device, offload=True)
     if warm_up:
@@ -305,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             "same_chain": same, "ours_note": fast_note, "offload_note": staged_note,
             "dtypes": {"released_unet_vae": str(baseline_dtype)[6:], "ours_unet": str(ours_unet_dtype)[6:],
                        "ours_vae": "float32", "mllm": str(mllm_dtype)[6:]},
-            "goal_speedup": GOAL_SPEEDUP, "goal_offload_peak_gb": GOAL_OFFLOAD_PEAK_GB,
+            "goal_speedup": GOAL_SPEEDUP, "goal_offload_peak_gb": GOAL_OFFLOAD_PEAK_GB, "profile": profile,
         }
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -4,6 +4,7 @@ step, in that order, each in its own process with its own time limit, within 8 m
     python bench/gpu_check.py OUT_DIR            # a CUDA GPU; COMFYUI_DIR (+ COMFYUI_PYTHON) for the guider step
     python bench/gpu_check.py --tiny OUT_DIR     # CPU rehearsal on the tiny models (tests/test_gpu_check.py)
     python bench/gpu_check.py OUT_DIR --parts reasoner,end_to_end   # rerun only some parts
+    python bench/gpu_check.py OUT_DIR --parts reasoner,end_to_end --profile   # where the time goes (a missed goal)
 
 OUT_DIR receives gpu_check.json (every part: status, seconds, limit, figures, the end of its log),
 gpu_check.md (the same as tables, with the project's goals), and one log per part: six files. A part that runs past its
@@ -56,13 +57,13 @@ class Part:
     name: str
     title: str
     limit_s: int  # on the GPU
-    # (tiny, the part's folder) -> the command, or a string saying why the part is skipped
-    command: Callable[[bool, Path], list[str] | str]
+    # (tiny, the part's folder, profile) -> the command, or a string saying why the part is skipped
+    command: Callable[[bool, Path, bool], list[str] | str]
     # (the part's folder, return code) -> (status, figures) once the process has ended
     read: Callable[[Path, int], tuple[str, dict]]
 
 
-def pytest_command(tiny: bool, folder: Path) -> list[str]:
+def pytest_command(tiny: bool, folder: Path, profile: bool) -> list[str]:
     return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_reasoning_cuda.py",
             f"--junitxml={folder / 'cuda_tests.xml'}"]
 
@@ -85,10 +86,14 @@ def read_junit(folder: Path, returncode: int) -> tuple[str, dict]:
     return "passed", figures
 
 
+PROFILED = {"reasoner.py", "end_to_end.py"}  # the benches that take --profile
+
+
 def bench_command(script: str, gpu_args: list[str], tiny_args: list[str],
-                  python: Callable[[], str] = lambda: sys.executable) -> Callable[[bool, Path], list[str]]:
-    def command(tiny: bool, folder: Path) -> list[str]:
-        return [python(), str(BENCH / script), *(tiny_args if tiny else gpu_args),
+                  python: Callable[[], str] = lambda: sys.executable) -> Callable[[bool, Path, bool], list[str]]:
+    def command(tiny: bool, folder: Path, profile: bool) -> list[str]:
+        extra = ["--profile"] if profile and script in PROFILED else []
+        return [python(), str(BENCH / script), *(tiny_args if tiny else gpu_args), *extra,
                 "--json", str(folder / script.replace(".py", ".json"))]
     return command
 
@@ -102,12 +107,12 @@ def read_json(name: str) -> Callable[[Path, int], tuple[str, dict]]:
     return read
 
 
-def guider_command(tiny: bool, folder: Path) -> list[str] | str:
+def guider_command(tiny: bool, folder: Path, profile: bool) -> list[str] | str:
     if not os.environ.get("COMFYUI_DIR"):
         return "COMFYUI_DIR is not set (name a ComfyUI checkout, and COMFYUI_PYTHON its venv's python)"
     command = bench_command("guider_step.py", [], ["--tiny", "--repeats", "1"],
                             python=lambda: os.environ.get("COMFYUI_PYTHON") or sys.executable)
-    return command(tiny, folder)
+    return command(tiny, folder, profile)
 
 
 PARTS = (
@@ -129,10 +134,11 @@ def missing_packages() -> list[str]:
     return [name for name in NEEDED if importlib.util.find_spec(name) is None]
 
 
-def run_part(part: Part, tiny: bool, out: Path, scratch: Path, limit: float, missing: list[str]) -> dict:
+def run_part(part: Part, tiny: bool, profile: bool, out: Path, scratch: Path, limit: float,
+             missing: list[str]) -> dict:
     """Run one part in its own process group, its log in `out` and its own files in `scratch`; kill the whole
     group at `limit` seconds."""
-    command = part.command(tiny, scratch)
+    command = part.command(tiny, scratch, profile)
     entry = {"name": part.name, "title": part.title, "limit_s": round(limit, 1)}
     if isinstance(command, str):
         return {**entry, "status": "skipped", "seconds": 0.0, "note": command, "figures": {}}
@@ -276,6 +282,10 @@ def markdown(report: dict) -> str:
         lines += [f"| {name} | " + " | ".join(number(stages[c].get(name), 3) for c in columns) + " |" for name in names]
         lines.append("| end to end | " + " | ".join(number(parts["end_to_end"]["figures"]["end_to_end_s"][c], 3)
                                                    for c in columns) + " |")
+    for part in report["parts"]:
+        if part["figures"].get("profile"):
+            lines += ["", f"Profile, {part['title']} (one run of ours, by self time):", "", "```",
+                      part["figures"]["profile"].rstrip(), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="CPU rehearsal with the tiny models")
     parser.add_argument("--parts", default=",".join(part.name for part in PARTS),
                         help="comma-separated parts to run (default all): " + ", ".join(p.name for p in PARTS))
+    parser.add_argument("--profile", action="store_true",
+                        help="the reasoner and end-to-end benches also profile one more run of ours after "
+                             "their measurements (top ops and kernels); the parts take longer")
     parser.add_argument("--budget", type=float, default=None,
                         help=f"total seconds (default {BUDGET_S} on the GPU; {len(PARTS)} x {TINY_LIMIT_S} with "
                              "--tiny)")
@@ -310,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = {"status": "no time", "seconds": 0.0, "figures": {}, "note": f"{left:.0f} s of the budget left"}
         else:
             print(f"[gpu_check] {part.name}: {part.title} (limit {min(limit, left):.0f} s)", flush=True)
-            entry = run_part(part, args.tiny, args.out, scratch, min(limit, left), missing)
+            entry = run_part(part, args.tiny, args.profile, args.out, scratch, min(limit, left), missing)
             print(f"[gpu_check] {part.name}: {entry['status']} in {entry['seconds']:.1f} s", flush=True)
         report["parts"].append({"name": part.name, "title": part.title, "limit_s": min(limit, max(left, 0)), **entry})
     report["wall_s"] = time.monotonic() - started

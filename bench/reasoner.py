@@ -79,6 +79,18 @@ def peak_reset(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def profile_table(device: str, work, rows: int = 15) -> str:
+    """torch.profiler's summary of `work()`: the ops and kernels with the most self time on the device."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.startswith("cuda"):
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        work()
+        sync(device)
+    key = "self_device_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    return profiler.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def peak_gib(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
 
@@ -111,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default=None, help="bf16 (GPU default), fp16 or fp32 (--tiny default)")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the measurements, profile one more run of ours (top ops and kernels)")
     args = parser.parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
@@ -175,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"greedy tokens identical to the baseline: {same}/{len(base_tokens)}"
           + ("" if same == len(base_tokens) else f" (first difference at token {same})")
           + f"; to the plain decoder: {same_plain}/{len(plain.token_ids)}")
+    profile = profile_table(device, lambda: fresh(PROMPT)) if args.profile else None
+    if profile:
+        print(f"profile of one {tokens}-token run of ours:\n{profile}")
     if args.json:
         results = {
             "device": gpu, "dtype": str(dtype)[6:], "parameters_b": round(params, 3), "tokens": tokens,
@@ -185,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "peak_vram_gib": ours_peak if device == "cuda" else None,
             "hf_peak_vram_gib": base_peak if device == "cuda" else None,
             "tokens_agree_hf": same, "tokens_agree_plain": same_plain, "tokens_compared": len(base_tokens),
-            "goal_tok_s": GOAL_TOKENS_PER_SECOND,
+            "goal_tok_s": GOAL_TOKENS_PER_SECOND, "profile": profile,
         }
         args.json.write_text(json.dumps(results, indent=1))
     return 0
