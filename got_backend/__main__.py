@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .judge import cli as judge_cli
 from .ssgm.guidance import GuidanceScales
 from .ssgm.layout import layout_preview
 from .weights.models_dir import DEFAULT_NAME, GoTFiles, ModelFilesError, layout_help, locate
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--think", type=Path, metavar="FOLDER",
         help="first let this Qwen2.5-VL folder reason about the prompt and rewrite it (its limit: "
              "--max-new-tokens); GoT's own MLLM folder is used without loading it again. Writes OUT.thinking.txt")
+    judge_cli.add_arguments(gen)
     run = gen.add_argument_group("hardware")
     run.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     run.add_argument("--offload", action="store_true",
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def generate(args: argparse.Namespace) -> int:
+    args.judging = judge_cli.wants_judge(args)  # its options are checked before any file is looked at
     if args.smoke:
         with smoke_models() as files:
             return run(args, files, SMOKE_SIZE, SMOKE_STEPS, SMOKE_TOKENS)
@@ -172,6 +175,11 @@ def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens
     print(f"loaded GoT on {device} in {time.monotonic() - started:.1f} s", flush=True)
     if args.think:
         prompt = think_first(args, files, pipeline, prompt, source, reasoning)
+    if args.judging:
+        chat = judge_cli.judge_chat(args.judge, files.mllm, pipeline)
+        with ProgressBars(reasoning.max_new_tokens, render.steps) as bars:
+            return judge_cli.judged_run(args, pipeline, chat, prompt, chain_text, source, render, reasoning,
+                                        bars.progress)
     with ProgressBars(reasoning.max_new_tokens, render.steps) as bars:
         if chain_text is not None:
             result = pipeline.render_chain(prompt, chain_text, source, render=render, reasoning=reasoning,

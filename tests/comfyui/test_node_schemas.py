@@ -29,6 +29,8 @@ OUTPUTS = {  # node id -> (V1 RETURN_TYPES, RETURN_NAMES)
     "GoTGuider": (("GUIDER",), ("guider",)),
     "GoTDDPMSchedule": (("SIGMAS",), ("sigmas",)),
     "GoTDDPMSampler": (("SAMPLER",), ("sampler",)),
+    "GoTJudge": (("IMAGE", "INT", "STRING", "IMAGE"), ("best", "index", "scores", "chart")),
+    "GoTPARMGuider": (("GUIDER",), ("guider",)),
 }
 
 

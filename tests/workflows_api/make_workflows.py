@@ -164,6 +164,38 @@ def interactive() -> list[Node]:
     ]
 
 
+CANDIDATES = 4  # the latent batch the judge picks from
+
+
+def best_of_n_judged() -> list[Node]:
+    """Text to image with N candidates (one latent batch through the GoT Guider) and a judge that picks one."""
+    nodes = [
+        *loaders(), *size_nodes(),
+        Node(3, "PrimitiveStringMultiline", (20, 690), (330, 160), {"value": T2I_PROMPT}, title="prompt"),
+        Node(19, "GoTVLMLoader", (20, 900), (330, 90), {"model_folder": "GoT-6B", "dtype": "auto"},
+             title="judge (the GoT MLLM itself: loaded once)"),
+        replace(reasoner(T2I_PROMPT, "text-to-image"), links={"mllm": (1, 0), "prompt": (3, 0)}),
+        Node(5, "GoTReferenceEncoder", (850, 490), (330, 130), links=sized({"vae": (4, 0)})),
+        *sampling((2, 0), (7.5, 4.0, 1.0)),
+        Node(15, "GoTJudge", (1590, 300), (400, 330), {"plan_weight": 0.5},
+             {"vlm": (19, 0), "images": (14, 0), "prompt": (3, 0), "chain": (2, 0)}),
+        Node(16, "SaveImage", (2030, 40), (520, 560), {"filename_prefix": "GoT/best"}, {"images": (15, 0)}),
+        Node(17, "PreviewImage", (2030, 640), (520, 330), links={"images": (15, 3)}, title="scores"),
+        Node(18, "PreviewImage", (1590, 680), (400, 400), links={"images": (14, 0)}, title="every candidate"),
+        note(30, (390, 680), (420, 380),
+             f"## GoT best of N with a judge\nThe GoT Guider renders **{CANDIDATES} candidates** at once (the Empty "
+             "Latent Image's batch_size; each gets its own noise). The **GoT Judge** asks a Qwen2.5-VL (here GoT's "
+             "own MLLM, loaded once) whether each image represents the prompt, and whether each box of the plan "
+             "shows its object, and keeps the best: its scores are on the node and in the chart.\n\nPARM: replace "
+             "the GoT Guider by the **GoT PARM Guider** (connect it to the judge's parm input too) to stop weak "
+             "candidates early."),
+    ]
+    for node in nodes:
+        if node.id == 12:
+            node.widgets["batch_size"] = CANDIDATES
+    return nodes
+
+
 THINK_PROMPT = "The tower Gustave Eiffel built, at night, seen from the river, with the city's lights"
 
 
@@ -192,7 +224,8 @@ def think_plan_render() -> list[Node]:
 
 
 WORKFLOWS = {"GoT text-to-image": text_to_image, "GoT image editing": editing,
-             "GoT interactive generation": interactive, "GoT think, plan, render": think_plan_render}
+             "GoT interactive generation": interactive, "GoT best of N with a judge": best_of_n_judged,
+             "GoT think, plan, render": think_plan_render}
 
 
 # --- conversion ---------------------------------------------------------------------------------------------
