@@ -59,12 +59,14 @@ class ModelLayout:
     merge_size: int
     image_pad_id: int
     accepts_logits_to_keep: bool
+    cache_argument: str  # forward's KV-cache argument and output field: `cache` from 5.24, `past_key_values` before
 
     @staticmethod
     def of(model: torch.nn.Module) -> ModelLayout:
         return ModelLayout(merge_size=model.config.vision_config.spatial_merge_size,
                            image_pad_id=model.config.image_token_id,
-                           accepts_logits_to_keep=_accepts(type(model), "logits_to_keep"))
+                           accepts_logits_to_keep=_accepts(type(model), "logits_to_keep"),
+                           cache_argument="cache" if _accepts(type(model), "cache") else "past_key_values")
 
 
 @lru_cache(maxsize=None)
@@ -108,7 +110,8 @@ def forward_segment(model: torch.nn.Module, layout: ModelLayout, ids: tuple[int,
     the grown cache."""
     device = model_device(model)
     kwargs = dict(input_ids=torch.tensor([ids], device=device), position_ids=positions[:, None, :].to(device),
-                  past_key_values=cache if cache is not None else DynamicCache(), use_cache=True, return_dict=True)
+                  use_cache=True, return_dict=True)
+    kwargs[layout.cache_argument] = cache if cache is not None else DynamicCache()
     if images:
         kwargs["pixel_values"] = torch.cat([image.pixel_values for image in images]).to(device)
         kwargs["image_grid_thw"] = torch.tensor([image.grid_thw for image in images], device=device)
@@ -119,7 +122,7 @@ def forward_segment(model: torch.nn.Module, layout: ModelLayout, ids: tuple[int,
     output = model(**kwargs)
     logits = output.logits[0, -1].to(dtype=torch.float32, copy=True)
     states = output.hidden_states[-1] if hidden else None  # after the final norm in every version
-    return logits, states, output.past_key_values
+    return logits, states, getattr(output, layout.cache_argument)
 
 
 def forward_sequence(model: torch.nn.Module, sequence: TokenSequence,
