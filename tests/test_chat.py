@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from got_backend.chat import ChatError, ChatModel
-from got_backend.reasoning.decoding import forward_sequence
+from got_backend.reasoning.conversation import forward_sequence
 from got_backend.reasoning.mllm import GoTMLLM
 from got_backend.reasoning.tokens import IM_END
 from got_backend.reasoning.turns import ReasoningCancelled

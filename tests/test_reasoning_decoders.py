@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from got_backend.reasoning.decoding import PlainDecoder, TokenSequence
+from got_backend.reasoning.conversation import TokenSequence
+from got_backend.reasoning.decoding import PlainDecoder
 from got_backend.reasoning.fast_decode import MIN_CAPACITY, StaticDecoder, UnsupportedModelError
 from got_backend.reasoning.mllm import GoTMLLM
 from got_backend.reasoning.positions import PositionError, mrope_positions

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..reasoning.decoding import ModelLayout, TokenSequence, model_device
+from ..reasoning.conversation import ModelLayout, TokenSequence, model_device
 from ..reasoning.positions import mrope_positions
 from ..reasoning.tokens import EXPECTED_IDS, ENDOFTEXT
 

@@ -22,7 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .decoding import Decoder, cache_pairs, dynamic_cache, forward_segment, model_device, text_decoder
+from .conversation import forward_segment, model_device, text_decoder
+from .decoding import Decoder, cache_pairs, dynamic_cache
 from ..errors import GoTError
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from torch import nn
 
 from ..weights.checkpoint import GoTWeights
 from .decoder_slot import DecoderSlot, Decoding
-from .decoding import Decoder, TokenSequence, VisionInput, forward_sequence, model_device
+from .conversation import TokenSequence, VisionInput, model_device
+from .decoding import Decoder
 from ..weights.mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
 from ..images import MissingImageError
@@ -27,7 +28,7 @@ from .prompts import ImageInput, PromptError, Task, chat_sequence, condition_ima
 from .turns import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
                         generate_turn, turn_stats)
 from .sampling import ReasoningSettings, SamplingSettings, TokenPicker
-from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, project
+from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, compute_semantic_guidance
 from .tokens import resolve_got_tokens
 
 __all__ = ["GoTMLLM", "MLLMLoadError", "resolve_dtype", "Decoding"]
@@ -223,20 +224,8 @@ class GoTMLLM:
                 "semantic tokens need a chain that ends with <|im_gen_start|>; this one ends "
                 f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
                 "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
-        sequence = reasoning.sequence + self.tokens.image_queries
-        with self._slot.guard(), torch.inference_mode():
-            if reasoning.edited:
-                _, states = forward_sequence(self.model, sequence, hidden=True)
-                reused = 0
-            else:
-                fed = self._slot.acquire(len(sequence.ids)).feed(sequence, hidden=True,
-                                                                    run_last=IMAGE_QUERY_COUNT)
-                states, reused = fed.hidden, fed.reused
-        self.output_projector.to(self.device)
-        self.output_projector_add.to(self.device)
-        with torch.no_grad():  # outside inference mode: the caller gets ordinary tensors
-            h = states[:, -IMAGE_QUERY_COUNT:].clone()
-            return project(h, self.output_projector, self.output_projector_add, reused)
+        return compute_semantic_guidance(self.model, self._slot, reasoning.sequence + self.tokens.image_queries,
+                                         reasoning.edited, self.output_projector, self.output_projector_add)
 
     # Internals
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..errors import GoTError
 from ..images import ImageInput, as_rgb_image
-from .decoding import TokenSequence, VisionInput
+from .conversation import TokenSequence, VisionInput
 
 T2I_INSTRUCTION = "Follow the caption to generate an image through a chain of thought process: {prompt}"
 EDIT_INSTRUCTION = "Follow the instruction to edit the given image through a chain of thought process: {prompt}"

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .decoder_slot import DecoderSlot
+from .conversation import TokenSequence, forward_sequence, model_device
+
 IMAGE_QUERY_COUNT = 64
 
 
@@ -21,6 +24,24 @@ class SemanticGuidance:
     reused_tokens: int  # tokens whose KV came from the generation cache (0: one full forward)
 
 
+def compute_semantic_guidance(model: nn.Module, slot: DecoderSlot, sequence: TokenSequence, edited: bool,
+                              output_projector: nn.Linear, output_projector_add: nn.Linear) -> SemanticGuidance:
+    """§6 for `sequence`: a chain ending with <|im_gen_start|>, then the 64 image queries. An `edited` chain is
+    read in one full forward, as the reference does; otherwise the KV cache the generation left in `slot` is
+    reused and only <|im_gen_start|> + the 64 queries run."""
+    with slot.guard(), torch.inference_mode():
+        if edited:
+            _, states = forward_sequence(model, sequence, hidden=True)
+            reused = 0
+        else:
+            fed = slot.acquire(len(sequence.ids)).feed(sequence, hidden=True, run_last=IMAGE_QUERY_COUNT)
+            states, reused = fed.hidden, fed.reused
+    output_projector.to(model_device(model))
+    output_projector_add.to(model_device(model))
+    with torch.no_grad():  # outside inference mode: the caller gets ordinary tensors
+        return project(states[:, -IMAGE_QUERY_COUNT:].clone(), output_projector, output_projector_add, reused)
+
+
 def project(hidden_states: torch.Tensor, output_projector: nn.Linear, output_projector_add: nn.Linear,
             reused_tokens: int) -> SemanticGuidance:
     """Apply GoT's two projectors to h [1, 64, D] (in the projectors' dtype and device)."""
@@ -33,18 +54,3 @@ def project(hidden_states: torch.Tensor, output_projector: nn.Linear, output_pro
         hidden_states=h,
         reused_tokens=reused_tokens,
     )
-
-
-def projectors_from_state(state: dict[str, torch.Tensor],
-                          dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
-    """`output_projector` and `output_projector_add` from a state dict with keys
-    `output_projector.{weight,bias}` and `output_projector_add.{weight,bias}`."""
-    layers = []
-    for name in ("output_projector", "output_projector_add"):
-        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
-        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True, dtype=dtype)
-        with torch.no_grad():
-            layer.weight.copy_(weight)
-            layer.bias.copy_(bias)
-        layers.append(layer.eval().requires_grad_(False))
-    return layers[0], layers[1]

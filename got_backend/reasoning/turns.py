@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from .decoding import Decoder, TokenSequence
+from .conversation import TokenSequence
+from .decoding import Decoder
 from .prompts import Task
 from .sampling import TokenPicker
 from ..errors import GoTError

@@ -19,7 +19,6 @@ from .models_dir import PROJECTORS_FILE
 from .qwen_names import load_qwen_config
 from .shapes import meta_model
 from .state_dicts import CheckpointError, check_safetensors_file, shard_files
-from ..reasoning.semantic import projectors_from_state
 from ..reasoning.tokens import add_got_tokens, resolve_got_tokens
 from ..errors import GoTError
 
@@ -191,6 +190,21 @@ def _projector_state(file: Path) -> dict[str, torch.Tensor]:
         raise MLLMLoadError(f"{file} does not hold GoT's two projectors: missing {missing or 'none'}, unexpected "
                             f"{extra[:LISTED_KEYS] or 'none'}, wrong shapes {wrong or 'none'}. {REBUILD_CONVERTED}")
     return state
+
+
+def projectors_from_state(state: dict[str, torch.Tensor],
+                          dtype: torch.dtype = torch.float32) -> tuple[nn.Linear, nn.Linear]:
+    """`output_projector` and `output_projector_add` from a state dict with keys
+    `output_projector.{weight,bias}` and `output_projector_add.{weight,bias}`."""
+    layers = []
+    for name in ("output_projector", "output_projector_add"):
+        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True, dtype=dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(bias)
+        layers.append(layer.eval().requires_grad_(False))
+    return layers[0], layers[1]
 
 
 def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
