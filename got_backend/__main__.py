@@ -155,9 +155,13 @@ def smoke_models() -> Iterator[GoTFiles]:
 
 
 def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens: int) -> int:
+    # the libraries' notes to developers (deprecations) mean nothing to a user at the command line
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|diffusers)\.")
     prompt = args.prompt or (SMOKE_PROMPT if args.smoke else None)
     if not prompt:
         raise PromptError("give the caption or edit instruction with --prompt")
+    if args.chain_file:
+        refuse_overwriting(args.chain_file, args.out)
     chain_text = read_chain(args.chain_file) if args.chain_file else (SMOKE_CHAIN if args.smoke else None)
     if args.smoke and not args.chain_file:
         print("smoke: tiny random weights cannot reason, so the example chain is rendered (interactive path)")
@@ -214,6 +218,14 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def refuse_overwriting(chain_file: Path, out: Path) -> None:
+    """The chain file a user edited is never overwritten by the run's own outputs."""
+    for written in (out, out.with_suffix(".chain.txt"), out.with_suffix(".layout.png")):
+        if written.resolve() == chain_file.resolve():
+            raise PipelineError(f"--out {out} would write {written} over your chain file {chain_file}; choose "
+                                f"another --out, e.g. --out {out.with_name(out.stem + '-edited.png')}")
+
+
 def read_chain(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -232,7 +244,7 @@ def read_image(path: Path) -> Image.Image:
 def write_outputs(result: GoTResult, out: Path, render: RenderSettings) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     chain_path = out.with_suffix(".chain.txt")
-    chain_path.write_text(result.text, encoding="utf-8")
+    chain_path.write_text(result.chain_text, encoding="utf-8")
     print(f"chain -> {chain_path}")
     if not result.renders:
         stop = result.turns[-1].stop if result.turns else "nothing"
@@ -277,7 +289,7 @@ class ProgressBars:
         if self.tokens is not None:
             self.tokens.close()
             self.tokens = None
-        print(f"turn ended on {reasoning.stop} after {reasoning.new_tokens} new tokens", flush=True)
+        print(turn_summary(reasoning), flush=True)
 
     def _step(self, done: int, total: int) -> None:
         from tqdm import tqdm
@@ -288,6 +300,15 @@ class ProgressBars:
         if done == total:
             self.denoise.close()
             self.denoise = None
+
+
+def turn_summary(reasoning: Reasoning) -> str:
+    """What a reasoning turn came to, in a user's words."""
+    wrote = f"the model wrote {reasoning.new_tokens} tokens" if reasoning.new_tokens else "your chain was read"
+    return wrote + {"boi": ": the plan is ready, drawing the image",
+                    "vision_start": ": it asks to look at the image it drew",
+                    "endoftext": ": it has finished",
+                    "max_tokens": " and reached the token limit before finishing its plan"}[reasoning.stop]
 
 
 if __name__ == "__main__":

@@ -47,12 +47,13 @@ from .images import ImageInput, as_rgb_image
 from .reasoning.prompts import Task
 from .reasoning.turns import Reasoning, TokenEvent
 from .reasoning.sampling import ReasoningSettings
-from .reasoning.tokens import BOI, VISION_START
+from .reasoning.tokens import BOI, IMAGE_QUERY_TOKENS, VISION_START
 from .errors import GoTError
 
 DEFAULT_SIZE = 1024
 DEFAULT_MAX_IMAGES = 8
 _TURN_END = re.compile(f"({re.escape(BOI)}|{re.escape(VISION_START)})")
+_IMAGE_QUERY = re.compile("|".join(map(re.escape, IMAGE_QUERY_TOKENS)))
 
 
 class PipelineError(GoTError):
@@ -111,8 +112,14 @@ class GoTResult:
 
     @property
     def text(self) -> str:
-        """The whole chain over all turns, special tokens included (what --chain-file reads back)."""
+        """The whole chain over all turns, special tokens included."""
         return "".join(turn.text for turn in self.turns)
+
+    @property
+    def chain_text(self) -> str:
+        """`text` as a user edits it (what the CLI writes and --chain-file reads back): without image-query
+        tokens, which the reasoner appends itself after each <|im_gen_start|>."""
+        return _IMAGE_QUERY.sub("", self.text)
 
     @property
     def image(self) -> Image.Image:
