@@ -32,18 +32,19 @@ def check_rgb_image(image: torch.Tensor) -> torch.Tensor:
     if shape[1] != 3:
         raise ImageInputError(f"expected an RGB image [1, 3, H, W], got shape {list(shape)}: {_channel_hint(shape)}")
     if shape[0] != 1:
-        raise ImageInputError(f"got a batch of {shape[0]} images; GoT edits one image at a time: pick one "
-                              f"(ComfyUI's 'ImageFromBatch' node, or image[i:i+1])")
+        raise ImageInputError(f"got a batch of {shape[0]} images; GoT edits one image at a time: connect a "
+                              f"single image (pick one from the batch with ComfyUI's 'Image From Batch' node)")
     if shape[2] == 0 or shape[3] == 0:
         raise ImageInputError(f"the image is empty (shape {list(shape)})")
     if not image.is_floating_point():
-        raise ImageInputError(f"expected float pixels in [0, 1], got dtype {image.dtype} "
-                              f"(for 0..255 values use image.float() / 255)")
+        raise ImageInputError(f"expected float pixels in [0, 1], got dtype {image.dtype}: connect an IMAGE as "
+                              f"ComfyUI's Load Image gives it (0..255 values must be divided by 255)")
     low, high = image.min().item(), image.max().item()
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ImageInputError("the image holds NaN or infinite values")
     if low < 0 or high > 1:
-        hint = " (it looks like [-1, 1]: use (image + 1) / 2)" if low >= -1 and high <= 1 else ""
+        hint = (" (it looks like [-1, 1]: connect an IMAGE in 0..1, e.g. from Load Image or VAE Decode, not a "
+                "tensor normalised to [-1, 1])" if low >= -1 and high <= 1 else "")
         raise ImageInputError(f"pixel values must lie in [0, 1], found {low:.4g}..{high:.4g}{hint}")
     return image
 
@@ -80,7 +81,9 @@ def _channel_hint(shape: tuple[int, ...]) -> str:
     if shape[-1] in (1, 3, 4) and channels not in (1, 3, 4):
         return "this looks channels-last [B, H, W, C] (ComfyUI's IMAGE layout); use image.permute(0, 3, 1, 2)"
     if channels == 1:
-        return "a grayscale image; repeat it to three channels with image.expand(-1, 3, -1, -1)"
+        return ("a grayscale image; connect an RGB image instead (ComfyUI's Load Image gives RGB for any file, "
+                "grayscale ones included)")
     if channels == 4:
-        return "an RGBA image; drop the alpha channel with image[:, :3] (or composite it over a background first)"
-    return f"{channels} channels; convert the image to RGB"
+        return ("an RGBA image; drop the alpha channel: connect Load Image's IMAGE output, which is RGB (the alpha "
+                "comes out separately as its MASK), or composite the image over a background first")
+    return f"{channels} channels; connect an RGB image (e.g. Load Image's IMAGE output)"

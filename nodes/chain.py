@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..got_backend.ssgm.chain import ChainError, GoTChain
+from ..got_backend.ssgm.chain import ChainError, GoTChain, check_box_count
 from ..got_backend.ssgm.layout import color_rgb
 from .comfy_bridge import show_on_node
 from .types import ChainSocket, ReasonedChain, reasoned_chain
@@ -33,6 +33,13 @@ def check_colors(chain: GoTChain) -> None:
     for index, obj in enumerate(chain.objects):
         if obj.color is not None:
             color_rgb(obj, index)
+
+
+def check_plan(chain: GoTChain) -> None:
+    """A chain a person wrote, before anything is drawn or encoded from it: at most MAX_BOXES boxes, each in
+    a colour PIL can draw."""
+    check_box_count(chain)
+    check_colors(chain)
 
 
 def describe_boxes(chain: GoTChain) -> str:
@@ -85,7 +92,7 @@ class GoTChainParser(io.ComfyNode):
     @classmethod
     def execute(cls, text: str, chain: ReasonedChain | None = None) -> io.NodeOutput:
         result = edited_chain(text, chain)
-        check_colors(result)
+        check_plan(result)
         boxes = describe_boxes(result)
         show_on_node(cls.hidden.unique_id, boxes)
         return io.NodeOutput(result, boxes, result.text, ui=ui.PreviewText(boxes))

@@ -9,10 +9,21 @@ widget and the VAE encode callable.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from comfy_api.latest import io
+
+import comfy.model_management
+import comfy.utils
+
+from ..got_backend.errors import GoTError
+from ..got_backend.ssgm.sizes import LATENT_FACTOR, MAX_SIDE, MIN_WIDGET_SIDE
+
+
+class WidgetValueError(GoTError):
+    """A number outside its widget's range (or NaN/infinite), typically from a link or an edited workflow file."""
 
 
 def comfy_image(image: torch.Tensor | None) -> torch.Tensor | None:
@@ -37,5 +48,29 @@ def vae_encode_fn(vae) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def size_input(name: str, purpose: str) -> io.Int.Input:
     """An output-size widget (docs/ALGORITHM.md §9: 1024 by default), in steps of 8 like the core Empty Latent Image."""
-    return io.Int.Input(name, default=1024, min=64, max=8192, step=8,
+    return io.Int.Input(name, default=1024, min=MIN_WIDGET_SIDE, max=MAX_SIDE, step=LATENT_FACTOR,
                         tooltip=f"Output image {name} in pixels (GoT renders 1024x1024); {purpose}")
+
+
+def check_widget_number(node: str, name: str, value: object, low: float, high: float, *,
+                        integer: bool = False) -> None:
+    """`value` as the widget allows it: a finite number (a whole one if `integer`) from `low` to `high`. ComfyUI
+    checks a typed widget value against min/max (but lets NaN through) and a linked value not at all."""
+    kind = "whole number" if integer else "finite number"
+    number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not number or not math.isfinite(value) or not low <= value <= high:
+        raise WidgetValueError(f"{node}: {name} is {value!r}, but it must be a {kind} from {low:g} to {high:g} (the "
+                               f"widget's range): set it in that range, or fix the node linked to {name}")
+
+
+def cancellable_progress(node_id: str | None = None) -> Callable[[int, int], None]:
+    """A (done, total) callback for work in batches: Cancel takes effect at the next batch, and the node's
+    progress bar shows how far it is."""
+    bars: list[comfy.utils.ProgressBar] = []
+
+    def on_batch(done: int, total: int) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if not bars:
+            bars.append(comfy.utils.ProgressBar(total, node_id=node_id))
+        bars[0].update_absolute(done, total)
+    return on_batch

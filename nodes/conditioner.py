@@ -19,10 +19,11 @@ import comfy.model_management
 from ..got_backend.ssgm.branches import branch_extra_channels
 from ..got_backend.ssgm.guidance import BRANCH_INPUTS
 from ..got_backend.ssgm.latents import spatial_latent
-from ..got_backend.ssgm.sizes import check_latent
-from .comfy_bridge import size_input, vae_encode_fn
+from ..got_backend.ssgm.chain import check_box_count
+from ..got_backend.ssgm.sizes import check_latent, check_widget_size
+from .comfy_bridge import cancellable_progress, size_input, vae_encode_fn
 from .model_management import ManagedMLLM
-from .types import ComfyConditioning, BranchesSocket, ChainSocket, MLLMSocket, ReasonedChain
+from .types import BranchesSocket, ChainSocket, ComfyConditioning, MLLMSocket, ReasonedChain
 
 
 def sdxl_size_conds(width: int, height: int) -> dict[str, int]:
@@ -86,8 +87,11 @@ class GoTSSGMConditioner(io.ComfyNode):
     @classmethod
     def execute(cls, mllm: ManagedMLLM, chain: ReasonedChain, vae, reference: dict, width: int,
                 height: int) -> io.NodeOutput:
+        check_widget_size("GoT SSGM Conditioner", width, height)
+        check_box_count(chain)  # the limits first: a shared workflow must not start unbounded work
         ref = check_reference(reference, width, height)
-        spatial = spatial_latent(chain, vae_encode_fn(vae), width, height)
+        mllm.check_chain(chain)
+        spatial = spatial_latent(chain, vae_encode_fn(vae), width, height, on_batch=cancellable_progress())
         guidance = mllm.semantic_guidance(chain)
         device = comfy.model_management.intermediate_device()
         context, null_context, pooled = (t.to(device, torch.float32) for t in

@@ -8,8 +8,11 @@ from typing_extensions import override
 
 import comfy.samplers
 
-from ..got_backend.ssgm.guidance import EDIT_SCALES, T2I_SCALES, cfg_pair, combine_branches, needed_branches
-from .types import ComfyConditioning, BranchesSocket
+from ..got_backend.ssgm.denoise import check_finite_latents
+from ..got_backend.ssgm.guidance import (EDIT_SCALES, SCALE_LIMIT, T2I_SCALES, cfg_pair, combine_branches,
+                                         needed_branches)
+from .comfy_bridge import check_widget_number
+from .types import BranchesSocket, ComfyConditioning
 
 
 class GoTGuider(comfy.samplers.CFGGuider):
@@ -27,9 +30,38 @@ class GoTGuider(comfy.samplers.CFGGuider):
     ControlNets marked "apply to uncond" and GLIGEN are not spread across them."""
 
     def set_guidance(self, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float) -> None:
+        for name, value in (("a_t", a_t), ("a_s", a_s), ("a_r", a_r)):
+            check_widget_number("GoT Guider", name, value, -SCALE_LIMIT, SCALE_LIMIT)
         self.scales = (a_t, a_s, a_r)
         self.branch_names = needed_branches(a_t, a_s, a_r)
         self.inner_set_conds({name: branches[name] for name in self.branch_names})
+
+    @override
+    def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """CFGGuider's sampling, then a check that the result is finite, naming what made it not."""
+        return check_finite_latents(super().sample(noise, latent_image, *args, **kwargs), self.nan_cause(noise))
+
+    def nan_cause(self, noise: torch.Tensor) -> str:
+        """The first input that is itself not finite, or else the UNet's arithmetic."""
+        for name in self.branch_names:
+            for cond in self.original_conds.get(name, []):
+                tensors = [v for v in cond.values() if isinstance(v, torch.Tensor)]  # cross_attn, noise_concat, ...
+                if any(not torch.isfinite(t).all() for t in tensors):
+                    return (f"the conditioning of branch {name} from the GoT SSGM Conditioner already holds NaN or "
+                            "infinite values (its semantic tokens or its reference/spatial latents): check the GoT MLLM "
+                            "and the VAE (an fp16 VAE can overflow; use SDXL's fp16-fix VAE or a bf16/fp32 one)")
+        unet = self.model_patcher.model.diffusion_model
+        damaged = next((name for name, p in unet.named_parameters() if not torch.isfinite(p).all()), None)
+        if damaged is not None:
+            return (f"GoT's UNet's weights hold NaN or infinite values (first in {damaged}): the UNet file is "
+                    "damaged; convert the GoT-6B release again (`python -m got_backend.convert`) and pick its "
+                    "GoT-6B-unet.safetensors")
+        if not torch.isfinite(noise).all():
+            return "the noise fed to the sampler is not finite: check the node that makes the noise"
+        return (f"GoT's UNet overflowed while sampling with a_t={self.scales[0]}, a_s={self.scales[1]}, "
+                f"a_r={self.scales[2]}: use scales nearer GoT's defaults ({T2I_SCALES.text}, {T2I_SCALES.spatial}, "
+                f"{T2I_SCALES.reference}), or load the UNet with weight_dtype 'default' instead of fp8 (or start "
+                "ComfyUI with --force-fp32)")
 
     @override
     def predict_noise(self, x: torch.Tensor, timestep: torch.Tensor, model_options: dict = {},
@@ -63,7 +95,7 @@ class GoTGuider(comfy.samplers.CFGGuider):
 
 
 def _scale_input(name: str, default: float, edit: float, meaning: str) -> io.Float.Input:
-    return io.Float.Input(name, default=default, min=-30.0, max=30.0, step=0.1, round=0.01,
+    return io.Float.Input(name, default=default, min=-SCALE_LIMIT, max=SCALE_LIMIT, step=0.1, round=0.01,
                           tooltip=f"{meaning}. GoT's default is {default} for text-to-image, {edit} for editing.")
 
 
@@ -89,7 +121,8 @@ class GoTGuiderNode(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float) -> io.NodeOutput:
+    def execute(cls, model, branches: dict[str, ComfyConditioning], a_t: float, a_s: float,
+                a_r: float) -> io.NodeOutput:
         guider = GoTGuider(model)
         guider.set_guidance(branches, a_t, a_s, a_r)
         return io.NodeOutput(guider)

@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..got_backend.ssgm.chain import GoTChain
 from ..got_backend.ssgm.layout import box_masks, layout_preview
+from ..got_backend.ssgm.sizes import check_widget_size
 from .comfy_bridge import size_input
 from .types import ChainSocket
 
@@ -46,6 +47,7 @@ class GoTMaskFromBoxes(io.ComfyNode):
 
     @classmethod
     def execute(cls, chain: GoTChain, width: int, height: int) -> io.NodeOutput:
+        check_widget_size("GoT Mask from Boxes", width, height, render=False)
         preview = layout_preview(chain, width, height)  # first: it names an unknown colour with its object
         return io.NodeOutput(object_masks(chain, width, height), preview.unsqueeze(0))
 

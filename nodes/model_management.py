@@ -172,6 +172,11 @@ class ManagedMLLM:
         reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
         return self.loaded().semantic_guidance(reasoning, chain.text)
 
+    def check_chain(self, chain: GoTChain) -> None:
+        """What `semantic_guidance` would refuse (no reasoning, no <|im_gen_start|>, too many tokens), found by
+        the tokenizer alone: before the weights move or any other work starts."""
+        self.got.semantic_input(chain_reasoning(chain), chain.text)
+
 
 Managed = TypeVar("Managed", ManagedMLLM, ManagedVLM)
 _SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()

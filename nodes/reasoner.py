@@ -21,10 +21,11 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import comfy.utils
 
-from ..got_backend.reasoning.prompts import PromptError, instruction
+from ..got_backend.reasoning.prompts import instruction
 from ..got_backend.reasoning.sampling import ReasoningSettings
 from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
-from .comfy_bridge import comfy_image, show_on_node
+from .chain import check_plan
+from .comfy_bridge import check_widget_number, comfy_image, show_on_node
 from .model_management import ManagedMLLM
 from .types import ChainSocket, MLLMSocket, ReasonedChain, chain_reasoning, reasoned_chain
 from ..got_backend.errors import GoTError
@@ -42,6 +43,12 @@ STOP_NOTES = {
 
 class TaskImageError(GoTError):
     """The task and the image input do not go together."""
+
+
+def check_chain_start(text: str) -> None:
+    """The start of a chain the user typed, read as strictly as the Chain Parser reads an edited chain."""
+    if text.strip():
+        check_plan(reasoned_chain(text, None, strict=True))
 
 
 class ChainStream:
@@ -80,9 +87,15 @@ def reason_or_interrupt(work: Callable[[], Reasoning]) -> Reasoning:
     raise comfy.model_management.InterruptProcessingException()
 
 
+# The widgets' ranges, also checked at run time (a linked value, or NaN in a workflow file, skips ComfyUI's check).
+SAMPLING_RANGES = {"max_new_tokens": (1, 8192), "seed": (0, 0xFFFFFFFFFFFFFFFF), "temperature": (0.01, 5.0),
+                   "top_p": (0.01, 1.0)}
+
+
 def sampling_inputs() -> list[io.Input]:
+    ranges = SAMPLING_RANGES
     return [
-        io.Int.Input("max_new_tokens", default=1024, min=1, max=8192,
+        io.Int.Input("max_new_tokens", default=1024, min=ranges["max_new_tokens"][0], max=ranges["max_new_tokens"][1],
                      tooltip="Most tokens to write; the progress bar counts up to it. Reasoning usually stops "
                              "earlier, at <|im_gen_start|> (ready to render)."),
         io.Boolean.Input("sampling", default=False,
@@ -90,19 +103,22 @@ def sampling_inputs() -> list[io.Input]:
                                  "temperature, top_p and seed below."),
         # No "randomize after queueing" control (the frontend adds one to any `seed` unless told not to): a
         # changed seed would make every queue reason again, and editing the chain relies on the cached one.
-        io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+        io.Int.Input("seed", default=0, min=ranges["seed"][0], max=ranges["seed"][1], control_after_generate=False,
                      tooltip="Sampling seed (used only with sampling on). It stays fixed, so re-queueing reuses "
                              "the cached chain instead of reasoning again."),
-        io.Float.Input("temperature", default=1.0, min=0.01, max=5.0, step=0.05,
+        io.Float.Input("temperature", default=1.0, min=ranges["temperature"][0], max=ranges["temperature"][1], step=0.05,
                        tooltip="Sampling temperature (sampling on only); lower is more conservative."),
-        io.Float.Input("top_p", default=1.0, min=0.01, max=1.0, step=0.01,
+        io.Float.Input("top_p", default=1.0, min=ranges["top_p"][0], max=ranges["top_p"][1], step=0.01,
                        tooltip="Nucleus sampling: keep the most likely tokens up to this total probability "
                                "(sampling on only; 1 keeps all)."),
     ]
 
 
 def reasoning_settings(max_new_tokens: int, sampling: bool, seed: int, temperature: float,
-                       top_p: float) -> ReasoningSettings:
+                       top_p: float, node: str = "GoT Reasoner") -> ReasoningSettings:
+    values = {"max_new_tokens": max_new_tokens, "seed": seed, "temperature": temperature, "top_p": top_p}
+    for name, (low, high) in SAMPLING_RANGES.items():
+        check_widget_number(node, name, values[name], low, high, integer=name in ("max_new_tokens", "seed"))
     return ReasoningSettings(max_new_tokens=max_new_tokens, do_sample=sampling, seed=seed if sampling else None,
                              temperature=temperature, top_p=top_p)
 
@@ -154,14 +170,17 @@ class GoTReasoner(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, task: str, prompt: str | None = None) -> bool | str:
-        """At queue time: a known task and a non-empty prompt (a prompt from another node is checked when run)."""
+    def validate_inputs(cls, task: str, prompt: str | None = None, chain_start: str | None = None) -> bool | str:
+        """At queue time: a known task, a usable prompt and chain_start (text from another node is checked when
+        run)."""
         if task not in TASKS:
             return f"task {task!r} is not one of {', '.join(TASKS)}"
         try:
             if prompt is not None:
                 instruction(prompt, TASKS[task])
-        except PromptError as err:
+            if chain_start is not None:
+                check_chain_start(chain_start)
+        except GoTError as err:
             return str(err)
         return True
 
@@ -174,12 +193,13 @@ class GoTReasoner(io.ComfyNode):
             raise TaskImageError("an image is connected but the task is text-to-image, which would ignore it: "
                                  "choose the edit task, or disconnect the image")
         instruction(prompt, task_id)  # an empty prompt fails here, before the MLLM is loaded
+        settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p)
+        check_chain_start(chain_start)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         got = mllm.loaded()
         reasoning = reason_or_interrupt(lambda: got.reason(
             prompt, comfy_image(image), task=task_id, assistant_prefix=chain_start, on_token=stream,
-            settings=reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p),
-            should_cancel=comfy.model_management.processing_interrupted))
+            settings=settings, should_cancel=comfy.model_management.processing_interrupted))
         stream.finish(reasoning)
         return chain_output(reasoning)
 
@@ -210,10 +230,10 @@ class GoTNextTurn(io.ComfyNode):
     def execute(cls, mllm: ManagedMLLM, chain: ReasonedChain, image: torch.Tensor, max_new_tokens: int,
                 sampling: bool, seed: int, temperature: float, top_p: float) -> io.NodeOutput:
         reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
+        settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p, "GoT Next Turn")
         got = mllm.loaded()
         previous = got.edit_chain(reasoning, chain.text)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
-        settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p)
 
         def turn(reasoning: Reasoning, shown: torch.Tensor | None) -> Reasoning:
             return reason_or_interrupt(lambda: got.continue_reasoning(

@@ -12,7 +12,7 @@ import torch
 from comfy_api.latest import io
 
 from ..got_backend.ssgm.latents import reference_latent
-from ..got_backend.ssgm.sizes import source_aspect_size
+from ..got_backend.ssgm.sizes import check_widget_size, source_aspect_size
 from .comfy_bridge import comfy_image, size_input, vae_encode_fn
 
 
@@ -49,6 +49,7 @@ class GoTReferenceEncoder(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, width: int, height: int, image: torch.Tensor | None = None) -> io.NodeOutput:
+        check_widget_size("GoT Reference Encoder", width, height)
         pixels = comfy_image(image)
         latent = reference_latent(pixels, vae_encode_fn(vae), width, height)
         final = (width, height) if image is None else source_aspect_size((image.shape[2], image.shape[1]),

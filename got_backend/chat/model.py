@@ -100,6 +100,10 @@ class ChatModel:
         return self._slot.cached_tokens
 
     @property
+    def cache_bytes(self) -> int:
+        return self._slot.cache_bytes
+
+    @property
     def decoder_note(self) -> str | None:
         return self._slot.note
 

@@ -39,6 +39,11 @@ class DecoderSlot:
     def cached_tokens(self) -> int:
         return len(self.decoder.ids) if self.decoder is not None else 0
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds on the model's device (0 without a decoder)."""
+        return self.decoder.cache_bytes() if self.decoder is not None else 0
+
     def acquire(self, tokens: int) -> Decoder:
         """The live decoder (rebuilt if the weights moved since it was made), with room for `tokens`."""
         if self.decoder is not None and self.decoder.signature != weights_signature(self.model):

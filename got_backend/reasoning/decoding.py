@@ -90,6 +90,10 @@ def weights_signature(model: torch.nn.Module) -> tuple:
 
 
 def dynamic_cache(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache occupies on the model's device (its allocated buffers, not only the used part)."""
+        return 0
+
     """A Hugging Face DynamicCache holding the given per-layer (keys, values) [1, kv_heads, T, head_dim]."""
     cache = DynamicCache()
     for layer, (keys, values) in enumerate(pairs):
@@ -132,6 +136,9 @@ def forward_sequence(model: torch.nn.Module, sequence: TokenSequence,
     grids = [image.grid_thw for image in sequence.images]
     positions, _ = mrope_positions(sequence.ids, grids, layout.image_pad_id, layout.merge_size)
     logits, states, _ = forward_segment(model, layout, sequence.ids, positions, list(sequence.images), None, hidden)
+    def cache_bytes(self) -> int:
+        return 0 if self.cache is None else sum(k.nbytes + v.nbytes for k, v in cache_pairs(self.cache))
+
     return logits, states
 
 

@@ -115,6 +115,9 @@ class StaticDecoder(Decoder):
         seconds, self.capture_seconds = self.capture_seconds, 0.0
         return seconds
 
+    def cache_bytes(self) -> int:
+        return sum(t.nbytes for t in (*self.keys, *self.values))
+
     def _allocate(self, capacity: int, keep: int) -> None:
         stack, device = self.stack, self.token.device
         dtype = stack.embed.weight.dtype

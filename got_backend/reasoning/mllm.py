@@ -19,7 +19,8 @@ from torch import nn
 
 from ..weights.checkpoint import GoTWeights
 from .decoder_slot import DecoderSlot, Decoding
-from .conversation import TokenSequence, VisionInput, model_device
+from .conversation import (MAX_SEQUENCE_TOKENS, SequenceTooLongError, TokenSequence, VisionInput,
+                           check_sequence_length, model_device)
 from .decoding import Decoder
 from ..weights.mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
@@ -32,6 +33,8 @@ from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, compute_semantic_guid
 from .tokens import resolve_got_tokens
 
 __all__ = ["GoTMLLM", "MLLMLoadError", "resolve_dtype", "Decoding"]
+
+MAX_TEXT_CHARS = 16 * MAX_SEQUENCE_TOKENS  # longer text cannot fit: tokens are rarely 16 characters long
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,12 @@ class GoTMLLM:
         """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
         return self._slot.cached_tokens
 
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds on the MLLM's device: its capacity follows the longest turn asked for (prompt
+        + max_new_tokens), and it is kept between calls until `release_caches`."""
+        return self._slot.cache_bytes
+
     def clear_context(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch) but keep the KV buffers and
         any captured CUDA graph."""
@@ -157,7 +166,7 @@ class GoTMLLM:
         view = condition_image(image, "input image") if image is not None else None
         sequence = self._prompt_sequence(text, view)
         prompt_length = len(sequence.ids)
-        sequence = sequence + self._encode(assistant_prefix)
+        sequence = sequence + self._chain_ids(assistant_prefix, "chain_start")
         return self._turn(sequence, prompt_length, prompt_length, prompt, task,
                           self._options(settings, changes, on_token, should_cancel))
 
@@ -186,7 +195,8 @@ class GoTMLLM:
         else:
             sequence = previous.sequence
         turn_start = len(sequence.ids)
-        return self._turn(sequence + self._encode(assistant_prefix), turn_start, previous.prompt_length,
+        return self._turn(sequence + self._chain_ids(assistant_prefix, "assistant_prefix"), turn_start,
+                          previous.prompt_length,
                           previous.prompt, previous.task, self._options(settings, changes, on_token, should_cancel))
 
     # User-written chains (interactive generation)
@@ -216,6 +226,13 @@ class GoTMLLM:
         """docs/ALGORITHM.md §6 for a turn that ends with <|im_gen_start|>. With `chain_text` different from the
         turn's text, the edited chain is used (re-tokenized, one full forward, as the reference does);
         otherwise the generation's KV cache is reused and only the <|im_gen_start|> + 64 query tokens run."""
+        reasoning = self.semantic_input(reasoning, chain_text)
+        return compute_semantic_guidance(self.model, self._slot, reasoning.sequence + self.tokens.image_queries,
+                                         reasoning.edited, self.output_projector, self.output_projector_add)
+
+    def semantic_input(self, reasoning: Reasoning, chain_text: str | None = None) -> Reasoning:
+        """The turn `semantic_guidance` reads (the edited chain when `chain_text` differs), checked without
+        running the model: it ends with <|im_gen_start|> and, with the 64 queries, fits the sequence limit."""
         if chain_text is not None:
             reasoning = self.edit_chain(reasoning, chain_text)
         if not reasoning.ready_for_image:
@@ -224,8 +241,10 @@ class GoTMLLM:
                 "semantic tokens need a chain that ends with <|im_gen_start|>; this one ends "
                 f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
                 "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
-        return compute_semantic_guidance(self.model, self._slot, reasoning.sequence + self.tokens.image_queries,
-                                         reasoning.edited, self.output_projector, self.output_projector_add)
+        check_sequence_length(self.model, len(reasoning.sequence.ids) + IMAGE_QUERY_COUNT,
+                              "the chain with its prompt and GoT's 64 image queries",
+                              "shorten the chain (fewer boxes or words) or the prompt")
+        return reasoning
 
     # Internals
 
@@ -235,7 +254,19 @@ class GoTMLLM:
         return _TurnOptions(settings, settings.sampling(self.repetition_penalty), on_token, should_cancel)
 
     def _encode(self, text: str) -> tuple[int, ...]:
+        if len(text) > MAX_TEXT_CHARS:  # refused before the tokenizer spends time on it
+            raise SequenceTooLongError(f"a text of {len(text):,} characters is far above GoT's limit of "
+                                       f"{MAX_SEQUENCE_TOKENS:,} tokens per sequence: shorten it")
         return tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else ()
+
+    def _chain_ids(self, text: str, what: str = "the chain text") -> tuple[int, ...]:
+        """Chain text as tokens: its special tokens are the chain's format, but not the image placeholders,
+        which only the reasoner inserts."""
+        ids = self._encode(text)
+        if {self.tokens.image_pad, *self.tokens.image_queries} & set(ids):
+            raise PromptError(f"{what} contains image placeholder tokens (<|image_pad|> or <|im_gen_NNNN|>); "
+                              "remove them: images and image queries are inserted by the reasoner")
+        return ids
 
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -262,11 +293,7 @@ class GoTMLLM:
                task: Task) -> Reasoning:
         if not isinstance(chain_text, str) or not chain_text.strip():
             raise PromptError("the chain text is empty: write the chain (ending with <|im_gen_start|> to render)")
-        ids = self._encode(chain_text.rstrip())
-        forbidden = {self.tokens.image_pad, *self.tokens.image_queries} & set(ids)
-        if forbidden:
-            raise PromptError("the chain text contains image placeholder tokens (<|image_pad|> or <|im_gen_NNNN|>); "
-                              "remove them: images and image queries are inserted by the reasoner")
+        ids = self._chain_ids(chain_text.rstrip())
         sequence = context + ids
         return Reasoning(text=self._decode(ids), stop=self._stops.get(ids[-1], "max_tokens"), sequence=sequence,
                          turn_start=len(context.ids), prompt_length=prompt_length, prompt=prompt, task=task,
@@ -280,10 +307,14 @@ class GoTMLLM:
         # docs/ALGORITHM.md "Deliberate deviations"); the reference has no such turn.
         breaks = () if len(sequence.ids) > turn_start else self.layout_breaks
         # Inference mode throughout, whoever calls: the KV buffers are only ever updated in it.
+        limit = options.settings.max_new_tokens
+        check_sequence_length(self.model, len(sequence.ids) + limit + IMAGE_QUERY_COUNT + 1,
+                              f"this turn ({len(sequence.ids):,} tokens of prompt and chain so far, up to "
+                              f"max_new_tokens {limit:,} more and GoT's 65 image tokens)",
+                              "shorten the prompt or chain_start, or lower max_new_tokens")
         with self._slot.guard(), torch.inference_mode():
             picker = TokenPicker(options.sampling, sequence.ids, self.vocab_size, self.device,
                                  options.settings.logits_processor)
-            limit = options.settings.max_new_tokens
             decoder = self._slot.acquire(len(sequence.ids) + limit + IMAGE_QUERY_COUNT + 1)
             out = generate_turn(decoder, sequence, picker, self._stops, limit, self._decode,
                                 options.on_token, options.should_cancel)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from PIL import Image
@@ -15,6 +16,9 @@ EDIT_INSTRUCTION = "Follow the instruction to edit the given image through a cha
 CONDITION_IMAGE_SIZE = 448  # squashed to 448x448 -> 32x32 patches -> 256 <|image_pad|> tokens
 
 Task = Literal["t2i", "edit"]
+TASK_WORDS = {"t2i": "text-to-image", "edit": "edit"}
+MAX_PROMPT_CHARS = 16384  # docs/ALGORITHM.md "Limits"
+CONTROL_TOKEN = re.compile(r"<\|[^<>|\s]{1,64}\|>")  # how every special token of Qwen2.5-VL and GoT is written
 
 
 class PromptError(GoTError):
@@ -22,10 +26,21 @@ class PromptError(GoTError):
 
 
 def instruction(prompt: str, task: Task) -> str:
-    """The user turn's text: GoT's fixed instruction for the task with the user's prompt appended."""
+    """The user turn's text: GoT's fixed instruction for the task with the user's prompt appended. The prompt is
+    plain text: one holding a control token of the chat format (<|im_end|>, <|image_pad|>, ...) is refused, as
+    the tokenizer would read it as that token (ending the user's turn, faking the assistant's)."""
+    what = TASK_WORDS.get(task, task)
     if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError(f"the {task} prompt is empty: write what the image should show"
+        raise PromptError(f"the {what} prompt is empty: write what the image should show"
                           + (" (or how the image should change)" if task == "edit" else ""))
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise PromptError(f"the {what} prompt has {len(prompt):,} characters, above GoT's limit of "
+                          f"{MAX_PROMPT_CHARS:,}: shorten it (GoT's prompts are a sentence or two)")
+    token = CONTROL_TOKEN.search(prompt)
+    if token:
+        raise PromptError(f"the {what} prompt contains {token.group(0)!r} at character {token.start()}, which the "
+                          "MLLM would read as a control token of its chat format, not as text: remove it, or write "
+                          "it without the <| |> marks")
     if task == "t2i":
         return T2I_INSTRUCTION.format(prompt=prompt)
     if task == "edit":

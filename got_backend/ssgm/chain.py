@@ -31,6 +31,7 @@ from ..reasoning.tokens import BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_ST
 from ..errors import GoTError
 
 GRID = 1000
+MAX_BOXES = 256  # docs/ALGORITHM.md "Limits": more than the MLLM can write in 8192 tokens (~22 a box)
 _PHRASE_FORBIDDEN = (OBJECT_REF_START, OBJECT_REF_END, BOX_START, BOX_END)
 _SP = r"[ \t]*"
 _NUM = _SP + r"(\d+)" + _SP
@@ -142,6 +143,13 @@ def parse_chain(text: str, *, strict: bool = False, drawn_after: tuple[str, ...]
         floor = match.end()
         pos = text.find(BOX_START, floor)
     return GoTChain(text, objects, issues, tuple(drawn_after))
+
+
+def check_box_count(chain: GoTChain) -> None:
+    """At most MAX_BOXES objects, checked before any canvas, mask or token is made for them."""
+    if len(chain.objects) > MAX_BOXES:
+        raise ChainError(f"the chain places {len(chain.objects):,} boxes, above GoT's limit of {MAX_BOXES} boxes per "
+                         f"chain (GoT's chains place a handful): remove boxes in a GoT Chain Parser")
 
 
 def format_object(obj: GoTObject) -> str:

@@ -130,3 +130,16 @@ class DenoiseRun:
         self.latents, self.predicted_x0 = self.scheduler.step(guided, t, self.latents, generator=self.generator,
                                                               return_dict=False)
         self.done += 1
+
+
+class NonFiniteLatentError(DenoiseError):
+    """Sampling produced NaN or infinite latents (which would decode to a black or garbage image)."""
+
+
+def check_finite_latents(latents: torch.Tensor, cause: str) -> torch.Tensor:
+    """`latents` if every value is finite, else a NonFiniteLatentError that names the likely `cause`."""
+    bad = int((~torch.isfinite(latents)).sum())
+    if bad:
+        raise NonFiniteLatentError(f"the sampled latent holds {bad:,} NaN or infinite values (of {latents.numel():,}), "
+                                   f"so it cannot be decoded into an image: {cause}")
+    return latents

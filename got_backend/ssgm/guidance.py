@@ -25,6 +25,7 @@ class GuidanceScales(NamedTuple):
 
 
 T2I_SCALES = GuidanceScales(7.5, 4.0, 1.0)
+SCALE_LIMIT = 30.0  # the GoT Guider's widgets span -30..30, also checked for linked values
 EDIT_SCALES = GuidanceScales(4.0, 3.0, 1.5)
 
 

@@ -12,6 +12,7 @@ an image is turned into uint8 by rounding x*255 (the exact inverse of ComfyUI's 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -20,11 +21,16 @@ from PIL import Image
 
 from ..errors import GoTError
 from ..images import check_rgb_image, to_uint8_pil, uint8_to_signed
-from .chain import GoTChain
-from .layout import color_canvases
+from .chain import GoTChain, check_box_count
+from .layout import color_canvases, color_rgb
 from .sizes import check_output_size
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
+BatchCallback = Callable[[int, int], None]  # (canvases encoded so far, canvases in all)
+# Canvases drawn and encoded at once: at most four, and at most four of GoT's 1024x1024 in pixels. Cancel takes
+# effect between batches, so one batch is the longest Cancel waits for.
+BATCH_CANVASES = 4
+BATCH_PIXELS = 4 * 1024 * 1024
 
 
 class LatentInputError(GoTError):
@@ -32,19 +38,33 @@ class LatentInputError(GoTError):
 
 
 def spatial_latent(chain: GoTChain, encode: Encode, width: int, height: int, *,
-                   batch_size: int | None = None) -> torch.Tensor:
+                   batch_size: int | None = None, on_batch: BatchCallback | None = None) -> torch.Tensor:
     """[1, 4, H/8, W/8]: the mean of the latents of the coloured boxes' canvases, or the latent of a black
-    image when no box has a colour. The reference encodes one canvas per call; here they go through `encode`
-    in batches of `batch_size` (all at once by default; smaller batches need less VRAM at large sizes)."""
+    image when no box has a colour. The reference encodes one canvas per call; here they are drawn and go
+    through `encode` in batches of `batch_size` (by default BATCH_CANVASES, fewer above BATCH_PIXELS), and the mean is
+    accumulated, so memory does not grow with the number of boxes. `on_batch(done, total)` is called before
+    each batch (a node checks Cancel there). The box count and every colour are checked before any work."""
     check_output_size(width, height)
-    canvases = color_canvases(chain, width, height)
-    if len(canvases) == 0:
-        canvases = black_pixels(width, height)
-    step = len(canvases) if batch_size is None else batch_size
-    if not isinstance(step, int) or step < 1:
+    check_box_count(chain)
+    step = max(1, min(BATCH_CANVASES, BATCH_PIXELS // (width * height))) if batch_size is None else batch_size
+    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise LatentInputError(f"batch_size must be a positive number of canvases or None, got {batch_size!r}")
-    latents = torch.cat([encode(canvases[i:i + step]) for i in range(0, len(canvases), step)])
-    return latents.mean(dim=0, keepdim=True)
+    for index, obj in enumerate(chain.objects):
+        if obj.color is not None:
+            color_rgb(obj, index)  # an unknown colour fails before anything is encoded
+    drawn = chain.colored
+    if not drawn:
+        return encode(black_pixels(width, height))
+    total, latents = None, None
+    for start in range(0, len(drawn), step):
+        if on_batch is not None:
+            on_batch(start, len(drawn))
+        latents = encode(color_canvases(replace(chain, objects=drawn[start:start + step]), width, height))
+        part = latents.sum(dim=0, keepdim=True, dtype=torch.float32)
+        total = part if total is None else total + part
+    if on_batch is not None:
+        on_batch(len(drawn), len(drawn))
+    return (total / len(drawn)).to(latents.dtype)
 
 
 def reference_latent(image: torch.Tensor | None, encode: Encode, width: int, height: int) -> torch.Tensor:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from ..images import uint8_to_signed
-from .chain import GRID, ChainError, GoTChain, GoTObject
-from .sizes import check_canvas_size
+from .chain import GRID, ChainError, GoTChain, GoTObject, check_box_count
+from .sizes import check_batch_pixels, check_canvas_size
 
 PREVIEW_BACKGROUND = (0.12, 0.12, 0.13)
 PREVIEW_GRID_LINE = (0.2, 0.2, 0.22)
@@ -39,6 +39,8 @@ def pixel_extent(box: tuple[int, int, int, int], width: int, height: int) -> tup
 def box_masks(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     """[N, H, W] float32, 1 inside each object's box (every object, coloured or not), 0 elsewhere."""
     check_canvas_size(width, height)
+    check_box_count(chain)
+    check_batch_pixels(len(chain.objects), width, height, "masks")
     masks = torch.zeros(len(chain.objects), height, width, dtype=torch.float32)
     for mask, obj in zip(masks, chain.objects):
         c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
@@ -73,6 +75,7 @@ def layout_preview(chain: GoTChain, width: int, height: int) -> torch.Tensor:
     background with a faint line every 100 grid units; each box labelled with its number and phrase, so two boxes
     of one colour can be told apart."""
     check_canvas_size(width, height)
+    check_box_count(chain)
     image = torch.tensor(PREVIEW_BACKGROUND).repeat(height, width, 1)
     for k in range(1, 10):
         image[:, min(int(k * 100 / GRID * width), width - 1)] = torch.tensor(PREVIEW_GRID_LINE)

@@ -6,6 +6,12 @@ from ..errors import GoTError
 
 LATENT_FACTOR = 8  # the VAE downsamples by 8
 LATENT_CHANNELS = 4
+# docs/ALGORITHM.md "Limits": what a shared workflow may ask for. The nodes' size widgets span
+# MIN_WIDGET_SIDE..MAX_SIDE; the pixel cap keeps one canvas (and its VAE encode) bounded (GoT renders 1024x1024).
+MIN_WIDGET_SIDE = 64
+MAX_SIDE = 8192
+MAX_CANVAS_PIXELS = 4096 * 4096
+MAX_BATCH_PIXELS = 256 * 1024 * 1024  # a batch of masks: 1 GiB of float32 (256 boxes at 1024x1024)
 
 
 class SizeError(GoTError):
@@ -13,10 +19,38 @@ class SizeError(GoTError):
 
 
 def check_canvas_size(width: int, height: int) -> None:
-    """A size boxes can be drawn at: positive whole numbers of pixels."""
+    """A size boxes can be drawn at: positive whole numbers of pixels, at most MAX_SIDE a side and
+    MAX_CANVAS_PIXELS in all (checked before anything is allocated)."""
     for name, value in (("width", width), ("height", height)):
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise SizeError(f"{name} must be a positive whole number of pixels, got {value!r}")
+        if value > MAX_SIDE:
+            raise SizeError(f"{name} {value} is above GoT's limit of {MAX_SIDE} pixels a side: use at most "
+                            f"{MAX_SIDE} (GoT renders 1024x1024); a linked value is checked too")
+    if width * height > MAX_CANVAS_PIXELS:
+        raise SizeError(f"{width}x{height} is {width * height:,} pixels, above GoT's limit of "
+                        f"{MAX_CANVAS_PIXELS:,} (4096x4096): lower width or height (GoT renders 1024x1024)")
+
+
+def check_batch_pixels(count: int, width: int, height: int, what: str) -> None:
+    """`count` images of a checked canvas size held at once, at most MAX_BATCH_PIXELS in all."""
+    if count * width * height > MAX_BATCH_PIXELS:
+        raise SizeError(f"{count} {what} of {width}x{height} pixels are {count * width * height:,} pixels, above "
+                        f"GoT's limit of {MAX_BATCH_PIXELS:,} held at once: lower width and height, or use fewer boxes")
+
+
+def check_widget_size(node: str, width: int, height: int, *, render: bool = True) -> None:
+    """A node's width and height as its size widgets allow them (MIN_WIDGET_SIDE..MAX_SIDE, at most
+    MAX_CANVAS_PIXELS; multiples of LATENT_FACTOR for a `render` size), also when they come from a link,
+    which ComfyUI does not check."""
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, int) and not isinstance(value, bool) and value < MIN_WIDGET_SIDE:
+            raise SizeError(f"{node}: {name} {value} is below the widget's minimum of {MIN_WIDGET_SIDE} pixels; "
+                            f"use {MIN_WIDGET_SIDE} to {MAX_SIDE} (check the node linked to {name})")
+    try:
+        (check_output_size if render else check_canvas_size)(width, height)
+    except SizeError as err:
+        raise SizeError(f"{node}: {err}") from err
 
 
 def check_output_size(width: int, height: int) -> None:
@@ -25,6 +59,7 @@ def check_output_size(width: int, height: int) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % LATENT_FACTOR:
             raise SizeError(f"{name} must be a positive multiple of {LATENT_FACTOR} pixels (the VAE "
                             f"downsamples by {LATENT_FACTOR}), got {value!r}")
+    check_canvas_size(width, height)
 
 
 def latent_shape(width: int, height: int) -> tuple[int, int, int, int]:

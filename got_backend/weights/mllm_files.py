@@ -137,9 +137,11 @@ def _from_folder(folder: Path, dtype: torch.dtype, fix: str = REBUILD_ANY) -> nn
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             folder, attn_implementation="sdpa", local_files_only=True, use_safetensors=True,
             output_loading_info=True, **_dtype_argument(dtype))
-    except RuntimeError as err:  # transformers refuses tensors of the wrong shape (see its load report)
+    except RuntimeError as err:  # transformers refuses tensors of the wrong shape (naming them in its log)
+        what = ("some tensors have the wrong shape (the server log's load report names them)"
+                if "mismatched" in str(err) else str(err).splitlines()[0][:300])
         raise MLLMLoadError(f"the weights in {folder} ({names}) do not fit the model its config.json describes: "
-                            f"{str(err).splitlines()[0][:300]}. {fix}") from None
+                            f"{what}. {fix}") from None
     problems = [f"{len(info[kind])} {what} ({', '.join(sorted(map(str, info[kind]))[:LISTED_KEYS])})"
                 for kind, what in (("missing_keys", "tensors the model needs are missing"),
                                    ("unexpected_keys", "tensors have no place in the model"),
