@@ -118,29 +118,34 @@ def test_best_of_n_template_renders_and_picks(comfyui_server):
     assert len(entry["outputs"]["18"]["images"]) == 4  # every candidate
 
 
-def test_best_of_n_template_with_the_parm_guider(comfyui_server):
-    graph = judged(twin(TEMPLATE))
-    guider = graph["8"]["inputs"]
+def with_parm_guider(graph: dict, checks: str = "0.5") -> dict:
+    """The template with the GoT PARM Guider in place of the GoT Guider, connected to the judge."""
     graph["8"] = {"class_type": "GoTPARMGuider", "inputs": {
-        **guider, "vlm": ["19", 0], "vae": ["4", 0], "prompt": ["3", 0], "checks": "0.5", "potential_threshold": 0.5}}
+        **graph["8"]["inputs"], "vlm": ["19", 0], "vae": ["4", 0], "prompt": ["3", 0], "checks": checks,
+        "potential_threshold": 0.5}}
     graph["15"]["inputs"]["parm"] = ["8", 0]
+    return graph
+
+
+def test_best_of_n_template_with_the_parm_guider(comfyui_server):
+    graph = with_parm_guider(judged(twin(TEMPLATE)))
     entry, _ = ran(comfyui_server, graph, f"{TEMPLATE} with the GoT PARM Guider")
     (text,) = entry["outputs"]["15"]["text"]
     assert len(text.splitlines()) == 4 and sum(line.startswith("*") for line in text.splitlines()) == 1
 
 
 def test_bad_judge_inputs_fail_the_prompt_not_the_server(comfyui_server):
-    graph = judged(twin(TEMPLATE))
-    graph["15"]["inputs"]["plan_weight"] = 1.5
-    status, body = comfyui_server.submit(graph)
-    assert status == 400 and "plan_weight" in json.dumps(body["node_errors"]["15"])
+    graph = with_parm_guider(judged(twin(TEMPLATE)), checks="0.4, 1.4")
+    error = comfyui_server.execution_error(comfyui_server.run(graph))
+    assert error["node_type"] == "GoTPARMGuider" and "check point must be a number from 0 to 1, got 1.4" in \
+        error["exception_message"]
     folder = comfyui_server.base_dir / "models" / "LLM" / "not-a-qwen"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
     graph = judged(twin(TEMPLATE))
     graph["19"]["inputs"]["model_folder"] = "not-a-qwen"
     error = comfyui_server.execution_error(comfyui_server.run(graph))
-    assert error["node_type"] == "GoTVLMLoader" and "llama" in error["exception_message"]
+    assert error["node_type"] == "GoTVLMLoader" and "not-a-qwen" in error["exception_message"]
     empty = copy.deepcopy(judged(twin(TEMPLATE)))
     empty["12"]["inputs"]["batch_size"] = 1
     empty["15"]["inputs"]["prompt"] = " "
