@@ -14,6 +14,7 @@ through the code a user's real files go through:
 from __future__ import annotations
 
 import base64
+import re
 import importlib.util
 import json
 import shutil
@@ -231,9 +232,11 @@ def _peft_wrapped_mllm_state(base: Path, generator: torch.Generator) -> dict[str
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers import AutoConfig
 
+    from ..weights.mllm_files import _dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
+
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     config = AutoConfig.from_pretrained(base, local_files_only=True)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, **_dtype_argument(torch.float32))
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.05,
                       target_modules=list(LORA_TARGETS),
                       modules_to_save=list(MODULES_TO_SAVE))
@@ -251,7 +254,7 @@ def to_transformers_449_name(key: str) -> str:
     """transformers >= 4.52 names (`model.language_model.layers`, `model.visual`) -> 4.49 names, also
     inside a PEFT prefix (`base_model.model.model.language_model.` -> `base_model.model.model.`)."""
     key = key.replace("model.language_model.", "model.", 1)
-    return key.replace("model.visual.", "visual.", 1)
+    return re.sub(r"^((?:base_model\.model\.)?)model\.visual\.", r"\1visual.", key)  # 4.49 names stay
 
 
 def _linear_state(name: str, fan_in: int, fan_out: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
