@@ -193,8 +193,10 @@ def make_tiny_vlm(folder: str | Path, seed: int = 1) -> Path:
 
     folder = make_qwen_base(folder)
     torch.manual_seed(seed)
+    from ..weights.mllm_files import _dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
+
     model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(folder, local_files_only=True),
-                                                            dtype=torch.float32)
+                                                            **_dtype_argument(torch.float32))
     model.save_pretrained(folder, safe_serialization=True)
     return make_qwen_base(folder)  # the released config and generation config again, over the ones just saved
 
