@@ -42,7 +42,7 @@ def source_image() -> Image.Image:
 
 def hf_rope_index(model, ids: torch.Tensor, grids: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """transformers' get_rope_index, called the way the installed version wants it."""
-    get_rope_index = model.model.get_rope_index
+    get_rope_index = getattr(model.model, "get_rope_index", None) or model.get_rope_index  # 4.49: on the outer model
     kwargs = {"image_grid_thw": grids}
     if "mm_token_type_ids" in inspect.signature(get_rope_index).parameters:
         kwargs["mm_token_type_ids"] = (ids == pad_id).long()
