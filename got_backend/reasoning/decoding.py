@@ -1,4 +1,5 @@
-"""Token sequences, KV-cached forward passes and the plain (Hugging Face dynamic-cache) decoder.
+"""Decoders: the KV cache of one conversation (conversation.py), fed by Hugging Face's forward, and the plain
+(Hugging Face dynamic-cache) decoder.
 
 A decoder holds the KV cache of one token sequence. `feed` brings the cache up to a whole sequence, reusing the
 longest prefix it already holds (same tokens and the same image objects) and running Hugging Face's forward over
@@ -9,38 +10,13 @@ step: `PlainDecoder` steps with Hugging Face's forward over a `DynamicCache` (th
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
-from PIL import Image
 from transformers import DynamicCache
 
+from .conversation import ModelLayout, TokenSequence, VisionInput, forward_segment
 from .positions import image_runs, mrope_positions
-
-
-@dataclass(frozen=True, eq=False)
-class VisionInput:
-    """One input image as the MLLM sees it (identity matters: KV reuse compares image objects)."""
-
-    image: Image.Image  # the 448x448 view
-    pixel_values: torch.Tensor  # the processor's patches [patches, 3 * t * p * p]
-    grid_thw: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class TokenSequence:
-    """A conversation as the MLLM reads it: token ids with the images whose pads they hold, in order."""
-
-    ids: tuple[int, ...]
-    images: tuple[VisionInput, ...] = ()
-
-    def __add__(self, ids: tuple[int, ...] | list[int]) -> TokenSequence:
-        return TokenSequence(self.ids + tuple(ids), self.images)
-
-    def with_image(self, pads: tuple[int, ...], image: VisionInput) -> TokenSequence:
-        return TokenSequence(self.ids + pads, self.images + (image,))
 
 
 @dataclass
@@ -52,48 +28,12 @@ class Fed:
     reused: int  # tokens whose KV came from the cache
 
 
-@dataclass(frozen=True)
-class ModelLayout:
-    """Where a Qwen2.5-VL model keeps its decoder parts, across transformers versions (4.49: flat)."""
-
-    merge_size: int
-    image_pad_id: int
-    accepts_logits_to_keep: bool
-    cache_argument: str  # forward's KV-cache argument and output field: `cache` from 5.24, `past_key_values` before
-
-    @staticmethod
-    def of(model: torch.nn.Module) -> ModelLayout:
-        return ModelLayout(merge_size=model.config.vision_config.spatial_merge_size,
-                           image_pad_id=model.config.image_token_id,
-                           accepts_logits_to_keep=_accepts(type(model), "logits_to_keep"),
-                           cache_argument="cache" if _accepts(type(model), "cache") else "past_key_values")
-
-
-@lru_cache(maxsize=None)
-def _accepts(model_type: type, name: str) -> bool:
-    return name in inspect.signature(model_type.forward).parameters
-
-
-def text_decoder(model: torch.nn.Module) -> torch.nn.Module:
-    """The language model (embed_tokens, layers, norm, rotary_emb): `model.model.language_model` from
-    transformers 4.52 on, `model.model` before."""
-    return getattr(model.model, "language_model", model.model)
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return text_decoder(model).embed_tokens.weight.device
-
-
 def weights_signature(model: torch.nn.Module) -> tuple:
     """Changes when any weight is moved or replaced (e.g. by ComfyUI's model management)."""
     return tuple((p.data_ptr(), p.device, p.dtype) for p in model.parameters())
 
 
 def dynamic_cache(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
-    def cache_bytes(self) -> int:
-        """Bytes the KV cache occupies on the model's device (its allocated buffers, not only the used part)."""
-        return 0
-
     """A Hugging Face DynamicCache holding the given per-layer (keys, values) [1, kv_heads, T, head_dim]."""
     cache = DynamicCache()
     for layer, (keys, values) in enumerate(pairs):
@@ -104,42 +44,6 @@ def dynamic_cache(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCach
 def cache_pairs(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per-layer (keys, values) of a DynamicCache (iteration yields them first in every version)."""
     return [(entry[0], entry[1]) for entry in cache]
-
-
-def forward_segment(model: torch.nn.Module, layout: ModelLayout, ids: tuple[int, ...], positions: torch.Tensor,
-                    images: list[VisionInput], cache: DynamicCache | None,
-                    hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None, DynamicCache]:
-    """Hugging Face's forward over `ids` (positions [3, T]) on top of `cache`, with the images whose pads
-    they hold. Returns the float32 logits after the last token, the final-norm hidden states if asked, and
-    the grown cache."""
-    device = model_device(model)
-    kwargs = dict(input_ids=torch.tensor([ids], device=device), position_ids=positions[:, None, :].to(device),
-                  use_cache=True, return_dict=True)
-    kwargs[layout.cache_argument] = cache if cache is not None else DynamicCache()
-    if images:
-        kwargs["pixel_values"] = torch.cat([image.pixel_values for image in images]).to(device)
-        kwargs["image_grid_thw"] = torch.tensor([image.grid_thw for image in images], device=device)
-    if hidden:
-        kwargs["output_hidden_states"] = True
-    if layout.accepts_logits_to_keep:
-        kwargs["logits_to_keep"] = 1
-    output = model(**kwargs)
-    logits = output.logits[0, -1].to(dtype=torch.float32, copy=True)
-    states = output.hidden_states[-1] if hidden else None  # after the final norm in every version
-    return logits, states, getattr(output, layout.cache_argument)
-
-
-def forward_sequence(model: torch.nn.Module, sequence: TokenSequence,
-                     hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward over a whole sequence without any cache (what the reference does for semantic tokens)."""
-    layout = ModelLayout.of(model)
-    grids = [image.grid_thw for image in sequence.images]
-    positions, _ = mrope_positions(sequence.ids, grids, layout.image_pad_id, layout.merge_size)
-    logits, states, _ = forward_segment(model, layout, sequence.ids, positions, list(sequence.images), None, hidden)
-    def cache_bytes(self) -> int:
-        return 0 if self.cache is None else sum(k.nbytes + v.nbytes for k, v in cache_pairs(self.cache))
-
-    return logits, states
 
 
 class Decoder:
@@ -186,6 +90,10 @@ class Decoder:
         """Seconds spent capturing CUDA graphs since the last call."""
         return 0.0
 
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache occupies on the model's device (its allocated buffers, not only the used part)."""
+        return 0
+
     def forget(self) -> None:
         """Forget the cached tokens (the next feed starts from scratch); buffers and graphs stay."""
         self.ids, self.images = [], []
@@ -227,6 +135,9 @@ class PlainDecoder(Decoder):
     def forget(self) -> None:
         super().forget()
         self.cache = None
+
+    def cache_bytes(self) -> int:
+        return 0 if self.cache is None else sum(k.nbytes + v.nbytes for k, v in cache_pairs(self.cache))
 
     def _forward(self, keep, ids, positions, images, hidden):
         if keep == 0:

@@ -113,7 +113,5 @@ def _draw_label(inside: torch.Tensor, text: str, rgb: tuple[float, float, float]
     corner.copy_(torch.tensor(rgb) * (1 - alpha) + ink * alpha)
 
 
-
-
 def _describe(obj: GoTObject) -> str:
     return f"box {obj.box}" if obj.phrase is None else f"{obj.phrase!r}, box {obj.box}"
