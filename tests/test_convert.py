@@ -145,7 +145,8 @@ def test_cli_converts_a_release_in_place_and_prints_the_report(tmp_path, tiny_re
 
     assert main(["--release", str(release), "--qwen", str(tiny_release.qwen_base), "--models", str(models)]) == 0
     out = capsys.readouterr().out
-    assert "LoRA pairs merged=14 (alpha=32; r=8 -> alpha/r=4)" in out
+    # 2 decoder layers x 7 targets + 2 vision blocks x 3 MLP targets (the release wraps the vision tower too)
+    assert "LoRA pairs merged=20 (alpha=32; r=8 -> alpha/r=4)" in out
     assert "modules_to_save copies taken=6" in out and "tie_word_embeddings=True" in out
     for path in [*release.glob("model*.safetensors"), release / "got_projectors.safetensors",
                  models / "diffusion_models" / "GoT-6B-unet.safetensors", models / "vae" / "GoT-6B-vae.safetensors"]:
