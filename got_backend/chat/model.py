@@ -12,8 +12,8 @@ from torch import nn
 
 from ..errors import GoTError
 from ..images import ImageInput
-from ..reasoning.decoder_slot import DecoderSlot, Decoding
-from ..reasoning.conversation import TokenSequence, model_device
+from ..reasoning.decoder_slot import CachedModel, DecoderSlot, Decoding
+from ..reasoning.conversation import TokenSequence
 from ..reasoning.mllm import GoTMLLM
 from ..reasoning.prompts import chat_sequence, condition_image
 from ..reasoning.sampling import LogitsProcessor, ReasoningSettings, TokenPicker
@@ -45,7 +45,7 @@ class FirstTokenProbabilities:
     token_ids: tuple[int, ...]  # the token of each candidate word
 
 
-class ChatModel:
+class ChatModel(CachedModel):
     """A Qwen2_5_VLForConditionalGeneration and its processor, with one KV cache of its own."""
 
     def __init__(self, model: nn.Module, processor, *, decoding: Decoding = "fast",
@@ -82,34 +82,10 @@ class ChatModel:
 
     # Devices and caches
 
-    @property
-    def device(self) -> torch.device:
-        return model_device(self.model)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
     def to(self, device: torch.device | str) -> ChatModel:
         self.release_caches()
         self.model.to(device)
         return self
-
-    @property
-    def cached_tokens(self) -> int:
-        return self._slot.cached_tokens
-
-    @property
-    def cache_bytes(self) -> int:
-        return self._slot.cache_bytes
-
-    @property
-    def decoder_note(self) -> str | None:
-        return self._slot.note
-
-    def release_caches(self) -> None:
-        """Free the KV cache, its buffers and any captured CUDA graph."""
-        self._slot.release()
 
     # Questions
 

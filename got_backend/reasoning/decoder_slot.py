@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from ..errors import GoTError
+from .conversation import model_device
 from .decoding import Decoder, PlainDecoder, weights_signature
 from .fast_decode import StaticDecoder, UnsupportedModelError
 
@@ -82,3 +83,39 @@ class DecoderSlot:
             self.note = f"fast decoding unavailable ({err}); using the plain decoder"
             log.warning("%s: %s", self.owner, self.note)
             return PlainDecoder(self.model)
+
+
+class CachedModel:
+    """What a model holding one DecoderSlot (`self.model`, `self._slot`) says of itself and its cache; shared by
+    the GoT MLLM and the chat model."""
+
+    model: torch.nn.Module
+    _slot: DecoderSlot
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def decoder_note(self) -> str | None:
+        """Why the fast decoder is not in use, if it is not."""
+        return self._slot.note
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
+        return self._slot.cached_tokens
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds on the model's device: its capacity follows the longest turn asked for (prompt
+        + max_new_tokens), and it is kept between calls until `release_caches`."""
+        return self._slot.cache_bytes
+
+    def release_caches(self) -> None:
+        """Free the KV cache, its buffers and any captured CUDA graph."""
+        self._slot.release()

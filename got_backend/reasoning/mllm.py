@@ -18,9 +18,9 @@ from PIL import Image
 from torch import nn
 
 from ..weights.checkpoint import GoTWeights
-from .decoder_slot import DecoderSlot, Decoding
+from .decoder_slot import CachedModel, DecoderSlot, Decoding
 from .conversation import (MAX_SEQUENCE_TOKENS, SequenceTooLongError, TokenSequence, VisionInput,
-                           check_sequence_length, model_device)
+                           check_sequence_length)
 from .decoding import Decoder
 from ..weights.mllm_files import MLLMLoadError, MLLMParts, read_converted, read_release, resolve_dtype
 from .positions import image_runs
@@ -45,7 +45,7 @@ class _TurnOptions:
     should_cancel: Callable[[], bool] | None
 
 
-class GoTMLLM:
+class GoTMLLM(CachedModel):
     """The MLLM (`model`, a Qwen2_5_VLForConditionalGeneration), its processor and GoT's projectors."""
 
     def __init__(self, model: nn.Module, processor, output_projector: nn.Linear, output_projector_add: nn.Linear,
@@ -96,14 +96,6 @@ class GoTMLLM:
 
     # Devices
 
-    @property
-    def device(self) -> torch.device:
-        return model_device(self.model)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.model.get_input_embeddings().weight.dtype
-
     def to(self, device: torch.device | str) -> GoTMLLM:
         """Move the MLLM and the projectors (dropping the KV cache and any CUDA graph)."""
         self.release_caches()
@@ -117,33 +109,13 @@ class GoTMLLM:
         return self._slot.decoding
 
     @property
-    def decoder_note(self) -> str | None:
-        """Why the fast decoder is not in use, if it is not."""
-        return self._slot.note
-
-    @property
     def _decoder(self) -> Decoder | None:
         return self._slot.decoder
-
-    @property
-    def cached_tokens(self) -> int:
-        """Tokens whose keys/values the cache holds (0 after `release_caches`, a cancel or a failure)."""
-        return self._slot.cached_tokens
-
-    @property
-    def cache_bytes(self) -> int:
-        """Bytes the KV cache holds on the MLLM's device: its capacity follows the longest turn asked for (prompt
-        + max_new_tokens), and it is kept between calls until `release_caches`."""
-        return self._slot.cache_bytes
 
     def clear_context(self) -> None:
         """Forget the cached conversation (the next call prefills from scratch) but keep the KV buffers and
         any captured CUDA graph."""
         self._slot.forget()
-
-    def release_caches(self) -> None:
-        """Free the KV cache, its buffers and any captured CUDA graph."""
-        self._slot.release()
 
     # Reasoning
 

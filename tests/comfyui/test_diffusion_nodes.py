@@ -338,7 +338,6 @@ def branch_predictions(model_patcher, branches, x, sigma) -> dict[str, torch.Ten
 def test_guider_step_equals_four_branches_and_the_formula(inproc, got_model, scales):
     """One guider evaluation == four separate apply_model calls combined with combine_got_cfg on eps; the
     branches needed run as ONE UNet call (batch 3 at the t2i defaults, where U has weight 0; batch 4 for edits)."""
-    import comfy.samplers
 
     guidance = inproc.pack_module("got_backend.ssgm.guidance")
     inputs, branches = make_branches(inproc, 4)

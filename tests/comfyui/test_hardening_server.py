@@ -14,7 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 

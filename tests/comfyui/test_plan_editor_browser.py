@@ -18,7 +18,6 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from test_workflows import CHAIN, SIZE, cached_nodes, saved_image
 
