@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from got_backend.convert import ConversionError, convert_release, main
 from got_backend.weights.diffusers_configs import infer_unet_config, unet_shapes
+from got_backend.weights.mllm_files import dtype_argument
 from got_backend.testing.fixtures import POOLED_DIM, to_transformers_449_name, unet_config, vae_config
 from got_backend.weights.safetensors_writer import write_safetensors, write_sharded_safetensors
 from got_backend.reasoning.tokens import EXPECTED_IDS, GoTTokenizerError, resolve_got_tokens
@@ -49,7 +50,7 @@ def test_converted_mllm_loads_with_from_pretrained_and_equals_the_merge(tiny_mod
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     folder = mllm_folder(tiny_models_dir)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, **dtype_argument(torch.float32))
     assert model.config.tie_word_embeddings is False  # GoT's modules_to_save copies untie lm_head
     assert model.get_output_embeddings().weight is not model.get_input_embeddings().weight
     assert_model_equals_merge(model, expected_mllm(raw), tied=False)
@@ -155,7 +156,7 @@ def test_cli_converts_a_release_in_place_and_prints_the_report(tmp_path, tiny_re
 
     with safe_open(release / "model.safetensors", framework="pt") as handle:
         assert "lm_head.weight" not in handle.keys()  # tied: stored once, as embed_tokens
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(release, dtype=torch.float32)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(release, **dtype_argument(torch.float32))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     expected = expected_mllm(raw_state(release))
     assert_model_equals_merge(model, expected, tied=True)

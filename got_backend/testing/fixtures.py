@@ -193,10 +193,10 @@ def make_tiny_vlm(folder: str | Path, seed: int = 1) -> Path:
 
     folder = make_qwen_base(folder)
     torch.manual_seed(seed)
-    from ..weights.mllm_files import _dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
+    from ..weights.mllm_files import dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
 
     model = Qwen2_5_VLForConditionalGeneration._from_config(AutoConfig.from_pretrained(folder, local_files_only=True),
-                                                            **_dtype_argument(torch.float32))
+                                                            **dtype_argument(torch.float32))
     model.save_pretrained(folder, safe_serialization=True)
     return make_qwen_base(folder)  # the released config and generation config again, over the ones just saved
 
@@ -234,11 +234,11 @@ def _peft_wrapped_mllm_state(base: Path, generator: torch.Generator) -> dict[str
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers import AutoConfig
 
-    from ..weights.mllm_files import _dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
+    from ..weights.mllm_files import dtype_argument  # `dtype` from transformers 4.56, `torch_dtype` before
 
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
     config = AutoConfig.from_pretrained(base, local_files_only=True)
-    model = Qwen2_5_VLForConditionalGeneration._from_config(config, **_dtype_argument(torch.float32))
+    model = Qwen2_5_VLForConditionalGeneration._from_config(config, **dtype_argument(torch.float32))
     lora = LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.05,
                       target_modules=list(LORA_TARGETS),
                       modules_to_save=list(MODULES_TO_SAVE))

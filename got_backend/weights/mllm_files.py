@@ -88,7 +88,7 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
     config = load_qwen_config(qwen_dir, tie_word_embeddings=weights.tie_word_embeddings)
     check_mllm_state(weights.mllm, meta_model(Qwen2_5_VLForConditionalGeneration._from_config, config), got_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        None, config=config, state_dict=weights.mllm, attn_implementation="sdpa", **_dtype_argument(dtype))
+        None, config=config, state_dict=weights.mllm, attn_implementation="sdpa", **dtype_argument(dtype))
     state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
              for key, value in getattr(weights, part).items()}
     return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir),
@@ -136,7 +136,7 @@ def _from_folder(folder: Path, dtype: torch.dtype, fix: str = REBUILD_ANY) -> nn
     try:
         model, info = Qwen2_5_VLForConditionalGeneration.from_pretrained(
             folder, attn_implementation="sdpa", local_files_only=True, use_safetensors=True,
-            output_loading_info=True, **_dtype_argument(dtype))
+            output_loading_info=True, **dtype_argument(dtype))
     except RuntimeError as err:  # transformers refuses tensors of the wrong shape (naming them in its log)
         what = ("some tensors have the wrong shape (the server log's load report names them)"
                 if "mismatched" in str(err) else str(err).splitlines()[0][:300])
@@ -209,7 +209,7 @@ def projectors_from_state(state: dict[str, torch.Tensor],
     return layers[0], layers[1]
 
 
-def _dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
+def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
     """`from_pretrained`'s dtype keyword: `dtype` from transformers 4.56, `torch_dtype` before."""
     return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
