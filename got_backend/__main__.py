@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .chat import ChatModel
 from .judge import cli as judge_cli
 from .ssgm.guidance import GuidanceScales
 from .ssgm.layout import layout_preview
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace, files: GoTFiles, size: int, steps: int, tokens
     if args.think:
         prompt = think_first(args, files, pipeline, prompt, source, reasoning)
     if args.judging:
-        chat = judge_cli.judge_chat(args.judge, files.mllm, pipeline)
+        chat = ChatModel.for_folder(args.judge, pipeline.mllm, files.mllm, device=pipeline.device)
         with ProgressBars(reasoning.max_new_tokens, render.steps) as bars:
             return judge_cli.judged_run(args, pipeline, chat, prompt, chain_text, source, render, reasoning,
                                         bars.progress)
@@ -197,7 +198,6 @@ def think_first(args: argparse.Namespace, files: GoTFiles, pipeline: GoTPipeline
                 source: Image.Image | None, reasoning: ReasoningSettings) -> str:
     """The revised prompt from the --think folder (the original one when it gives none), its thinking written
     to OUT.thinking.txt."""
-    from .chat import ChatModel
     from .thinking import MARKER, think
 
     started = time.monotonic()

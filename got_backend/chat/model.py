@@ -67,12 +67,13 @@ class ChatModel(CachedModel):
                    repetition_penalty=parts.repetition_penalty, eos_token_ids=parts.eos_token_ids)
 
     @classmethod
-    def for_folder(cls, folder: str | Path, got: GoTMLLM, got_folder: str | Path) -> ChatModel:
+    def for_folder(cls, folder: str | Path, got: GoTMLLM, got_folder: str | Path,
+                   device: torch.device | str | None = None) -> ChatModel:
         """`got` as a chat model when `folder` is its own folder (nothing loaded again), else the Qwen2.5-VL of
-        `folder` on `got`'s device, in its dtype."""
+        `folder` in `got`'s dtype, on `device` (default: `got`'s device)."""
         if Path(folder).resolve() == Path(got_folder).resolve():
             return cls.of(got)
-        return cls.from_folder(folder, dtype=got.dtype, device=got.device)
+        return cls.from_folder(folder, dtype=got.dtype, device=got.device if device is None else device)
 
     @classmethod
     def of(cls, got: GoTMLLM) -> ChatModel:

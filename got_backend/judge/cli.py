@@ -58,13 +58,6 @@ def wants_judge(args: argparse.Namespace) -> bool:
     return judging or args.judge is not None
 
 
-def judge_chat(folder: Path, got_folder: Path, pipeline: GoTPipeline) -> ChatModel:
-    """The judge's chat model: GoT's own MLLM when `folder` is GoT's folder, else that Qwen2.5-VL folder."""
-    if folder.resolve() == Path(got_folder).resolve():
-        return ChatModel.of(pipeline.mllm)
-    return ChatModel.from_folder(folder, dtype=pipeline.mllm.dtype, device=pipeline.device)
-
-
 def judged_run(args: argparse.Namespace, pipeline: GoTPipeline, chat: ChatModel, prompt: str,
                chain_text: str | None, source: Image.Image | None, render: RenderSettings,
                reasoning: ReasoningSettings, progress: Progress) -> int:
