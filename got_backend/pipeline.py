@@ -216,7 +216,7 @@ class GoTPipeline:
     def reason(self, prompt: str, image: ImageInput | None = None, settings: ReasoningSettings = ReasoningSettings(),
                progress: Progress = Progress(), assistant_prefix: str = "") -> Reasoning:
         """The first reasoning turn (§4, §5), with the MLLM on the device."""
-        self._use("reason", progress, "reasoning")
+        self.use_stage("reason", progress, "reasoning")
         return self.mllm.reason(prompt, image, assistant_prefix=assistant_prefix, settings=settings,
                                 on_token=progress.on_token)
 
@@ -231,7 +231,7 @@ class GoTPipeline:
         pieces = split_chain_turns(chain_text)
         if not pieces:
             raise PipelineError("the chain text is empty: give the chain to render (ending with <|im_gen_start|>)")
-        self._use("reason", progress, "reasoning")
+        self.use_stage("reason", progress, "reasoning")
         if pieces[0].endswith(BOI):
             first = self.mllm.user_chain(prompt, pieces[0], source)
         else:
@@ -260,7 +260,7 @@ class GoTPipeline:
                 shown = result.renders[-1].image
             else:
                 break
-            self._use("reason", progress, "reasoning")
+            self.use_stage("reason", progress, "reasoning")
             turn = self.mllm.continue_reasoning(turn, shown, assistant_prefix=pieces.pop(0) if pieces
                                                      else "", settings=settings, on_token=progress.on_token)
         size = source.size if source is not None else (render.width, render.height)
@@ -275,21 +275,21 @@ class GoTPipeline:
         """Render the image a turn ending with <|im_gen_start|> asks for; `reference` is the image being
         edited (the source, or the last output in a multi-turn edit), None for text to image."""
         cond, chain = self.conditioning(turn, reference, render.width, render.height, progress)
-        self._use("unet", progress, "denoise")
+        self.use_stage("unet", progress, "denoise")
         generator = torch.Generator(self.device).manual_seed(render.seed)
         latents = denoise(self.unet, cond, render.scales_for(turn.task), width=render.width,  # §9
                           height=render.height, steps=render.steps, generator=generator,
                           latent_dtype=self.vae.dtype, skip_zero_weight=render.skip_zero_weight,
                           on_step=progress.on_step)
-        self._use("vae", progress, "decode")
+        self.use_stage("vae", progress, "decode")
         return Render(turn, chain, latents, to_pil(decode(self.vae, latents)))
 
     def conditioning(self, turn: Reasoning, reference: Image.Image | None, width: int, height: int,
                      progress: Progress = Progress()) -> tuple[Conditioning, GoTChain]:
         """What the UNet is conditioned on for this turn, and the turn's boxes."""
-        self._use("reason", progress, "semantic")
+        self.use_stage("reason", progress, "semantic")
         semantic = self.mllm.semantic_guidance(turn)                                          # §6
-        self._use("vae", progress, "latents")
+        self.use_stage("vae", progress, "latents")
         chain = parse_chain(turn.text, drawn_after=turn.layout_breaks)  # §5/§7, this turn only (§10)
         encode = vae_mode_encoder(self.vae)
         pixels = pil_to_tensor(reference) if reference is not None else None
@@ -300,7 +300,7 @@ class GoTPipeline:
 
     # Where the models live
 
-    def _use(self, stage: str, progress: Progress, event: str) -> None:
+    def use_stage(self, stage: str, progress: Progress, event: str) -> None:
         """Announce `event` after putting the stage's models on the device (a move is announced as "switch")."""
         if self._offloader is not None and self._resident != stage:
             progress.stage("switch")

@@ -107,7 +107,7 @@ def parm_best_of_n(pipeline: GoTPipeline, judge: Judge, prompt: str, *, candidat
     for turn in chains:  # one conditioning per distinct chain
         if id(turn) not in conditioned:
             conditioned[id(turn)] = pipeline.conditioning(turn, source, render.width, render.height, progress)
-    pipeline._use("unet", progress, "denoise")
+    pipeline.use_stage("unet", progress, "denoise")
     runs = [DenoiseRun(pipeline.unet, conditioned[id(turn)][0], render.scales_for(turn.task), width=render.width,
                        height=render.height, steps=render.steps,
                        generator=torch.Generator(pipeline.device).manual_seed(render.seed + index),
@@ -121,13 +121,13 @@ def parm_best_of_n(pipeline: GoTPipeline, judge: Judge, prompt: str, *, candidat
         if progress.on_step is not None:
             progress.on_step(done, render.steps)
         if control.due(done):
-            pipeline._use("vae", progress, "decode")
+            pipeline.use_stage("vae", progress, "decode")
             looked_at = {i: _image(pipeline, runs[i].predicted_x0) for i in control.pending()}
             progress.stage("judge")
             control.assess(done, looked_at, judge, prompt)
             previews.update(looked_at)
-            pipeline._use("unet", progress, "denoise")
-    pipeline._use("vae", progress, "decode")
+            pipeline.use_stage("unet", progress, "denoise")
+    pipeline.use_stage("vae", progress, "decode")
     finished = {i: _image(pipeline, runs[i].latents) for i in control.live}
     made = []
     for index, (turn, run, track) in enumerate(zip(chains, runs, control.tracks)):
