@@ -21,7 +21,7 @@ from comfy_api.latest import io, ui
 import comfy.model_management
 import comfy.utils
 
-from ..got_backend.reasoning.prompts import instruction
+from ..got_backend.reasoning.prompts import PromptError, check_prompt, instruction
 from ..got_backend.reasoning.sampling import ReasoningSettings
 from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
 from .chain import check_plan
@@ -169,17 +169,16 @@ class GoTReasoner(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
         )
 
+    # ComfyUI files validate_inputs' one message under each of its arguments, so it takes only `prompt`: an
+    # empty prompt is reported once, blaming prompt. The task and chain_start are checked when the node runs,
+    # before anything is loaded (ComfyUI 0.8.0 also checks the task Combo at queue time; 0.3.64 checks only V1
+    # Combos).
     @classmethod
-    def validate_inputs(cls, task: str, prompt: str | None = None, chain_start: str | None = None) -> bool | str:
-        """At queue time: a known task, a usable prompt and chain_start (text from another node is checked when
-        run)."""
-        if task not in TASKS:
-            return f"task {task!r} is not one of {', '.join(TASKS)}"
+    def validate_inputs(cls, prompt: str | None = None) -> bool | str:
+        """At queue time: a usable prompt (a prompt from another node is checked when run)."""
         try:
             if prompt is not None:
-                instruction(prompt, TASKS[task])
-            if chain_start is not None:
-                check_chain_start(chain_start)
+                check_prompt(prompt)
         except GoTError as err:
             return str(err)
         return True
@@ -188,6 +187,9 @@ class GoTReasoner(io.ComfyNode):
     def execute(cls, mllm: ManagedMLLM, prompt: str, task: str, max_new_tokens: int, sampling: bool, seed: int,
                 temperature: float, top_p: float, image: torch.Tensor | None = None,
                 chain_start: str = "") -> io.NodeOutput:
+        if task not in TASKS:
+            raise PromptError(f"task {task!r} is not one of {', '.join(TASKS)}: choose one on the node, or fix "
+                              "the node linked to task")
         task_id = TASKS[task]
         if task_id == "t2i" and image is not None:
             raise TaskImageError("an image is connected but the task is text-to-image, which would ignore it: "

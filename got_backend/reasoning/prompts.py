@@ -25,22 +25,29 @@ class PromptError(GoTError):
     """The prompt cannot be sent to the MLLM (empty, or an unknown task)."""
 
 
-def instruction(prompt: str, task: Task) -> str:
-    """The user turn's text: GoT's fixed instruction for the task with the user's prompt appended. The prompt is
-    plain text: one holding a control token of the chat format (<|im_end|>, <|image_pad|>, ...) is refused, as
-    the tokenizer would read it as that token (ending the user's turn, faking the assistant's)."""
-    what = TASK_WORDS.get(task, task)
+def check_prompt(prompt: str, task: Task | None = None) -> None:
+    """A prompt the MLLM can be given: not empty, within MAX_PROMPT_CHARS, and plain text: one holding a control
+    token of the chat format (<|im_end|>, <|image_pad|>, ...) is refused, as the tokenizer would read it as that
+    token (ending the user's turn, faking the assistant's). The messages name the task when it is known."""
+    what = f"{TASK_WORDS.get(task, task)} prompt" if task else "prompt"
     if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError(f"the {what} prompt is empty: write what the image should show"
-                          + (" (or how the image should change)" if task == "edit" else ""))
+        hint = {"t2i": "", "edit": " (or how the image should change)"}.get(task, " (or, for an edit, how it "
+                                                                                 "should change)")
+        raise PromptError(f"the {what} is empty: write what the image should show{hint}")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise PromptError(f"the {what} prompt has {len(prompt):,} characters, above GoT's limit of "
+        raise PromptError(f"the {what} has {len(prompt):,} characters, above GoT's limit of "
                           f"{MAX_PROMPT_CHARS:,}: shorten it (GoT's prompts are a sentence or two)")
     token = CONTROL_TOKEN.search(prompt)
     if token:
-        raise PromptError(f"the {what} prompt contains {token.group(0)!r} at character {token.start()}, which the "
+        raise PromptError(f"the {what} contains {token.group(0)!r} at character {token.start()}, which the "
                           "MLLM would read as a control token of its chat format, not as text: remove it, or write "
                           "it without the <| |> marks")
+
+
+def instruction(prompt: str, task: Task) -> str:
+    """The user turn's text: GoT's fixed instruction for the task with the user's prompt (`check_prompt`)
+    appended."""
+    check_prompt(prompt, task)
     if task == "t2i":
         return T2I_INSTRUCTION.format(prompt=prompt)
     if task == "edit":

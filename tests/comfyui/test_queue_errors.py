@@ -1,0 +1,38 @@
+"""What /prompt says about the Reasoner's inputs, through a real ComfyUI server (the `comfyui_server` fixture):
+each queue-time error appears once, under the input that is wrong. ComfyUI (0.3.64 and 0.8.0 alike) files the
+one message of a node's validate_inputs under every argument of validate_inputs, so the Reasoner's takes only
+`prompt`; its task Combo is checked by ComfyUI 0.8.0 itself, and by the node when it runs."""
+
+from __future__ import annotations
+
+from tests.comfyui.test_hardening_server import reasoner_only
+
+
+def queue_errors(server, graph: dict, node: str = "2") -> list[dict]:
+    """The validation errors /prompt gives for `node` (it must refuse the graph)."""
+    status, body = server.submit(graph)
+    assert status == 400, f"expected /prompt to refuse the graph, got {status}: {body}"
+    return body["node_errors"][node]["errors"]
+
+
+def test_an_empty_prompt_is_reported_once_blaming_prompt(comfyui_server):
+    for task in ("text-to-image", "edit"):
+        errors = queue_errors(comfyui_server, reasoner_only(prompt=" \n", task=task, chain_start=""))
+        assert len(errors) == 1, errors
+        assert errors[0]["extra_info"]["input_name"] == "prompt"
+        assert errors[0]["details"].startswith("prompt - the prompt is empty: write what the image should show")
+
+
+def test_a_bad_task_and_an_empty_prompt_are_each_reported_once_under_their_input(comfyui_server):
+    bad_task = reasoner_only(task="txt2img")
+    status, body = comfyui_server.submit(bad_task)
+    if status == 400:  # ComfyUI 0.8.0 checks a V3 Combo's value itself
+        errors = body["node_errors"]["2"]["errors"]
+        assert [(e["type"], e["extra_info"]["input_name"]) for e in errors] == [("value_not_in_list", "task")]
+    else:  # 0.3.64 checks only V1 Combos: the Reasoner refuses the task when it runs
+        error = comfyui_server.execution_error(comfyui_server.wait(body["prompt_id"], timeout=90))
+        assert error["node_type"] == "GoTReasoner"
+        assert "task 'txt2img' is not one of text-to-image, edit" in error["exception_message"]
+    names = [e["extra_info"]["input_name"] for e in queue_errors(comfyui_server, reasoner_only(prompt="",
+                                                                                              task="txt2img"))]
+    assert names.count("prompt") == 1 and len(set(names)) == len(names) and set(names) <= {"prompt", "task"}
