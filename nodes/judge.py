@@ -25,12 +25,14 @@ from PIL import Image, ImageDraw
 import comfy.model_management
 import comfy.utils
 
+from ..got_backend.errors import GoTError
 from ..got_backend.images import to_uint8_pil
 from ..got_backend.judge import CandidateScore, Judge, JudgeInputError, ParmSettings
 from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking
 from ..got_backend.judge.candidates import describe_candidate
 from ..got_backend.reasoning.sampling import LogitsProcessor
+from .comfy_bridge import check_widget_number
 from .guider import GoTGuider, GoTGuiderNode
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -38,6 +40,8 @@ from .types import ChainSocket, VLMSocket
 
 CHART_SIZE = (512, 256)
 CHART_COLORS = {"best": (64, 170, 92), "other": (90, 120, 170), "stopped": (110, 110, 110)}
+FRACTION = (0.0, 1.0)  # the range of plan_weight and potential_threshold, also checked at run time (a linked
+# value, or NaN in a workflow file, skips ComfyUI's check)
 
 
 def pil_batch(images: torch.Tensor) -> list[Image.Image]:
@@ -164,7 +168,7 @@ class GoTJudgeNode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt the candidates were made for; the judge asks whether each "
                                         "image represents it."),
-                io.Float.Input("plan_weight", default=DEFAULT_PLAN_WEIGHT, min=0.0, max=1.0, step=0.05,
+                io.Float.Input("plan_weight", default=DEFAULT_PLAN_WEIGHT, min=FRACTION[0], max=FRACTION[1], step=0.05,
                                tooltip="With a chain: score = (1 - w) * outcome + w * plan, the plan score being "
                                        "the mean P(yes) that each box's crop shows its phrase. 0: outcome only."),
                 ChainSocket.Input("chain", optional=True,
@@ -188,6 +192,7 @@ class GoTJudgeNode(io.ComfyNode):
     @classmethod
     def execute(cls, vlm: ManagedVLM, images: torch.Tensor, prompt: str, plan_weight: float, chain=None,
                 parm=None) -> io.NodeOutput:
+        check_widget_number("GoT Judge", "plan_weight", plan_weight, *FRACTION)
         candidates = pil_batch(images)
         if not candidates:
             raise JudgeInputError("the image batch is empty: give the judge at least one candidate")
@@ -233,7 +238,7 @@ class GoTPARMGuiderNode(io.ComfyNode):
                 io.String.Input("checks", default=", ".join(map(str, DEFAULT_CHECKS)),
                                 tooltip="Fractions of the schedule after which the live candidates are judged, "
                                         "e.g. 0.2, 0.4, 0.6 (PARM's points)."),
-                io.Float.Input("potential_threshold", default=0.5, min=0.0, max=1.0, step=0.05,
+                io.Float.Input("potential_threshold", default=0.5, min=FRACTION[0], max=FRACTION[1], step=0.05,
                                tooltip="A candidate whose P(potential) is below this stops (never all of them: "
                                        "the least bad runs on)."),
             ],
@@ -242,8 +247,19 @@ class GoTPARMGuiderNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, checks: str | None = None) -> bool | str:
+        """At queue time: check points PARM can use (checks from another node are checked when run)."""
+        try:
+            if checks is not None:
+                ParmSettings(checks=parse_checks(checks))
+        except GoTError as err:
+            return str(err)
+        return True
+
+    @classmethod
     def execute(cls, model, branches, a_t: float, a_s: float, a_r: float, vlm: ManagedVLM, vae, prompt: str,
                 checks: str, potential_threshold: float) -> io.NodeOutput:
+        check_widget_number("GoT PARM Guider", "potential_threshold", potential_threshold, *FRACTION)
         settings = ParmSettings(checks=parse_checks(checks), potential_threshold=potential_threshold)
         guider = GoTPARMGuider(model)
         guider.set_guidance(branches, a_t, a_s, a_r)

@@ -1,0 +1,118 @@
+"""GoT Judge and GoT PARM Guider through a real ComfyUI server (the `comfyui_server` fixture, tiny models, CPU):
+Cancel during judging lands between batches of questions and leaves the server serving; every numeric widget and
+the checks text is a clear error wherever its value comes from (typed, linked, NaN); batches of different sizes
+and an empty batch fail their prompt, not the server."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from tests.comfyui.test_hardening_server import fails, linked, refused
+from tests.comfyui.test_judge_nodes import TEMPLATE, judged, with_parm_guider
+from tests.comfyui.test_workflows import CHAIN, SIZE, Listener, twin
+
+PROMPT = "a red apple and a green pear"
+
+
+def judge_graph(count: int, chain: bool = False, **judge_inputs) -> dict:
+    """GoT Judge over `count` plain images (Empty Image: no rendering), the GoT MLLM as the judge; with `chain`,
+    CHAIN (two objects) from the Reasoner, so that each image gets two plan questions besides its outcome one."""
+    colour = int(time.time() * 1000) % 0xFFFFFF  # never a cached result
+    graph = {
+        "1": {"class_type": "GoTVLMLoader", "inputs": {"model_folder": "GoT-6B", "dtype": "auto"}},
+        "2": {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": count,
+                                                     "color": colour}},
+        "3": {"class_type": "GoTJudge", "inputs": {"vlm": ["1", 0], "images": ["2", 0], "prompt": PROMPT,
+                                                   "plan_weight": 0.5, **judge_inputs}},
+        "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 2]}},
+    }
+    if chain:
+        graph["5"] = {"class_type": "GoTMLLMLoader", "inputs": {"model_folder": "GoT-6B",
+                                                                "qwen_folder": "(converted: not needed)",
+                                                                "dtype": "auto"}}
+        graph["6"] = {"class_type": "GoTReasoner", "inputs": {
+            "mllm": ["5", 0], "prompt": PROMPT, "task": "text-to-image", "max_new_tokens": 8, "sampling": False,
+            "seed": 0, "temperature": 1.0, "top_p": 1.0, "chain_start": CHAIN}}
+        graph["3"]["inputs"]["chain"] = ["6", 0]
+    return graph
+
+
+def judged_ok(server, graph: dict) -> dict:
+    entry = server.run(graph, timeout=300)
+    error = server.execution_error(entry)
+    assert entry["status"]["status_str"] == "success", error and error["exception_message"]
+    return entry
+
+
+# --- Cancel ----------------------------------------------------------------------------------------------------
+
+def test_cancel_during_judging_lands_between_batches_of_questions(comfyui_server):
+    server = comfyui_server
+    judged_ok(server, judge_graph(1, chain=True))  # the judge and the chain loaded, so the big run only judges
+    count = 160  # 160 outcome + 320 plan questions: 60 batches of eight
+    listener = Listener(server)
+    prompt_id, batches = listener.queue(server, judge_graph(count, chain=True)), []
+    try:
+        deadline = time.monotonic() + 300
+        while len(batches) < 4:  # the judge is answering, batch after batch
+            values = [(p["value"], p["max"]) for p in listener.progress
+                      if p["node"] == "3" and p["prompt_id"] == prompt_id]
+            if values and (not batches or values[-1] != batches[-1][1]):
+                batches.append((time.time(), values[-1]))
+            assert time.monotonic() < deadline, f"the judge never got going: {listener.progress[-3:]}"
+            time.sleep(0.005)
+        cancelled_at = time.time()
+    finally:
+        assert server.post("/interrupt", {})[0] == 200
+        entry = server.wait(prompt_id, timeout=300)
+        listener.close()
+    progress = [(p["value"], p["max"]) for p in listener.progress if p["node"] == "3" and p["prompt_id"] == prompt_id]
+    messages = dict(entry["status"]["messages"])
+    assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
+    stopped = messages["execution_interrupted"]["timestamp"] / 1000 - cancelled_at  # the server's clock is ours
+    batch = max(b[0] - a[0] for a, b in zip(batches, batches[1:]))
+    answered = progress[-1][0] if progress[-1][1] == count else count + progress[-1][0]  # of 3 * count
+    print(f"\n[cancel] the GoT Judge stopped {stopped:.2f} s after POST /interrupt, {answered} of {3 * count} "
+          f"questions answered (one batch of eight questions took up to {batch:.2f} s on this machine)")
+    assert stopped < max(1.0, 2 * batch)  # the running batch ends, the next one is not started
+    assert answered < count  # it stopped in the outcome questions, where it was cancelled
+    assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
+    judged_ok(server, judge_graph(2, chain=True))
+
+
+# --- numeric widgets and the checks text -------------------------------------------------------------------------
+
+def parm_graph(**guider_inputs) -> dict:
+    """The best-of-N template at test size with the GoT PARM Guider (two candidates) in place of the GoT Guider."""
+    graph = with_parm_guider(judged(twin(TEMPLATE)))
+    graph["12"]["inputs"]["batch_size"] = 2
+    graph["9"]["inputs"]["noise_seed"] = int(time.time() * 1000) % 10**9  # never a cached result
+    graph["8"]["inputs"].update(guider_inputs)
+    return graph
+
+
+def test_the_judge_plan_weight_outside_0_to_1_is_a_clear_error_however_it_is_given(comfyui_server):
+    server = comfyui_server
+    for chain in (False, True):
+        refused(server, judge_graph(2, chain, plan_weight=1.5), "3", "plan_weight", "bigger than max of 1.0")
+        refused(server, judge_graph(2, chain, plan_weight=-0.5), "3", "plan_weight", "smaller than min of 0.0")
+        fails(server, linked(judge_graph(2, chain), "3", "plan_weight", 1.5), "GoTJudge",
+              "GoT Judge: plan_weight is 1.5", "from 0 to 1", "fix the node linked to plan_weight")
+        fails(server, judge_graph(2, chain, plan_weight=math.nan), "GoTJudge", "plan_weight is nan", "from 0 to 1")
+    judged_ok(server, judge_graph(2, chain=True, plan_weight=1.0))
+
+
+def test_the_parm_guider_threshold_and_checks_are_clear_errors_however_they_are_given(comfyui_server):
+    server = comfyui_server
+    refused(server, parm_graph(potential_threshold=1.5), "8", "potential_threshold", "bigger than max of 1.0")
+    fails(server, linked(parm_graph(), "8", "potential_threshold", 1.5), "GoTPARMGuider",
+          "GoT PARM Guider: potential_threshold is 1.5", "from 0 to 1", "fix the node linked to potential_threshold")
+    fails(server, parm_graph(potential_threshold=math.nan), "GoTPARMGuider", "potential_threshold is nan")
+    for checks, phrases in (("0.2; 0.4", ("check points must be numbers from 0 to 1", "'0.2; 0.4'")),
+                            ("  ", ("at least one check point",)),
+                            ("0.4, nan", ("check point must be a number from 0 to 1, got nan",)),
+                            ("0.4, 1.4", ("check point must be a number from 0 to 1, got 1.4",))):
+        refused(server, parm_graph(checks=checks), "8", *phrases)  # typed: refused when queued
+        fails(server, linked(parm_graph(), "8", "checks", checks, "PrimitiveString"), "GoTPARMGuider", *phrases)
+    judged_ok(server, parm_graph())
