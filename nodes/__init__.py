@@ -10,8 +10,8 @@ from __future__ import annotations
 def all_nodes() -> list[type]:
     """Every node class of the pack, in the order the node menu lists them."""
     from . import (chain, conditioner, guider, judge, layout, mllm_loader, plan_editor, reasoner, reference,
-                   schedule, thinker, unet_loader)
+                   reflect, schedule, thinker, unet_loader)
 
     families = (mllm_loader, thinker, reasoner, plan_editor, chain, layout, unet_loader, reference, conditioner, guider,
-                schedule, judge)
+                schedule, judge, reflect)
     return [node for family in families for node in family.NODES]

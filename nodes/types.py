@@ -7,6 +7,8 @@
   layout code takes it as is) plus the Reasoning it belongs to, which semantic guidance needs (prompt, image,
   earlier turns; and the KV cache to reuse while the text is unedited).
 - GOT_BRANCHES carries the four guidance-branch conditionings of the SSGM Conditioner.
+- GOT_REFLECTION carries a `reflect.ReflectionState`: the PARM++ rounds so far, from GoT Reflect to GoT
+  Reflection Round and on to the next round's GoT Reflect.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ MLLMSocket = io.Custom("GOT_MLLM")
 VLMSocket = io.Custom("GOT_VLM")
 ChainSocket = io.Custom("GOT_CHAIN")
 BranchesSocket = io.Custom("GOT_BRANCHES")
+ReflectionSocket = io.Custom("GOT_REFLECTION")
 
 ComfyConditioning = list[list]  # ComfyUI's CONDITIONING value: [[cross_attn, {extra conds}], ...]
 

@@ -23,22 +23,36 @@ DEFAULT_THRESHOLD = 0.5
 class ReflectionRound:
     index: int  # 0: the image reflection started from
     image: Image.Image
-    reasoning: Reasoning  # the turn it was rendered from (round 0: the candidate's; later: the edit's)
+    reasoning: Reasoning | None  # the turn it was rendered from (round 0: the candidate's; later: the edit's)
     score: CandidateScore
     correction: str | None  # the judge's instruction that made this image (None for round 0)
 
     @property
     def chain_text(self) -> str:
-        return self.reasoning.text
+        """The chain the image was rendered from ("" when it is not known: an image from outside GoT)."""
+        return self.reasoning.text if self.reasoning is not None else ""
 
 
 @dataclass(frozen=True)
 class Reflection:
-    rounds: list[ReflectionRound]
+    rounds: tuple[ReflectionRound, ...]
+
+    @property
+    def latest(self) -> ReflectionRound:
+        return self.rounds[-1]
 
     @property
     def best(self) -> ReflectionRound:
         return self.rounds[ranking([r.score.score for r in self.rounds])[0]]
+
+    def needs_correction(self, threshold: float) -> bool:
+        """PARM++'s rule: the latest round is corrected while it scores below the threshold."""
+        return self.latest.score.score < threshold
+
+    def then(self, image: Image.Image, reasoning: Reasoning | None, score: CandidateScore,
+             correction: str) -> Reflection:
+        """This reflection with one more round: `image`, made by editing the latest one with `correction`."""
+        return Reflection((*self.rounds, ReflectionRound(len(self.rounds), image, reasoning, score, correction)))
 
     def report(self) -> str:
         lines = []
@@ -61,17 +75,17 @@ def reflect(pipeline: GoTPipeline, judge: Judge, prompt: str, start: ReflectionR
     """Correct `start` (round 0) by up to `rounds` edits while the latest round scores below `threshold`."""
     check_rounds(rounds)
     check_fraction(threshold, "the reflection threshold", "reflect while the judge's score is below it")
-    kept = [start]
-    while len(kept) <= rounds and kept[-1].score.score < threshold:
-        latest = kept[-1]
+    reflection = Reflection((start,))
+    while len(reflection.rounds) <= rounds and reflection.needs_correction(threshold):
         progress.stage("judge")
-        correction = judge.correction(latest.image, prompt)
-        edit = pipeline.generate(correction, latest.image, render=render, reasoning=reasoning, progress=progress)
-        image, made = edit.image, edit.renders[-1]
+        correction = judge.correction(reflection.latest.image, prompt)
+        edit = pipeline.generate(correction, reflection.latest.image, render=render, reasoning=reasoning,
+                                 progress=progress)
+        made = edit.renders[-1]
         progress.stage("judge")
-        (score,) = judge.score([image], prompt, [made.chain])
-        kept.append(ReflectionRound(len(kept), image, made.reasoning, score, correction))
-    return Reflection(kept)
+        (score,) = judge.score([edit.image], prompt, [made.chain])
+        reflection = reflection.then(edit.image, made.reasoning, score, correction)
+    return reflection
 
 
 def first_round(selection: Selection) -> ReflectionRound:

@@ -38,6 +38,12 @@ WIRING = {
                 "`chart` to Preview Image.",
     "GoTPARMGuider": "in place of GoT Guider before SamplerCustomAdvanced, with a GoT VLM Loader judging the "
                      "intermediate images.",
+    "GoTReflect": "GoT Judge `best` (and the chain) → GoT Reflect → `correction` to the `prompt` of a GoT Reasoner "
+                  "(task edit) and `image` to its `image` and a GoT Reference Encoder; render the edit → GoT "
+                  "Reflection Round.",
+    "GoTReflectionRound": "GoT Reflect `reflection` and the edit's VAE Decode → GoT Reflection Round → `best` to "
+                          "Save Image, `rounds` and `chart` to Preview Image; `reflection` to the next round's GoT "
+                          "Reflect.",
 }
 
 

@@ -31,6 +31,9 @@ OUTPUTS = {  # node id -> (V1 RETURN_TYPES, RETURN_NAMES)
     "GoTDDPMSampler": (("SAMPLER",), ("sampler",)),
     "GoTJudge": (("IMAGE", "INT", "STRING", "IMAGE"), ("best", "index", "scores", "chart")),
     "GoTPARMGuider": (("GUIDER",), ("guider",)),
+    "GoTReflect": (("STRING", "IMAGE", "GOT_REFLECTION"), ("correction", "image", "reflection")),
+    "GoTReflectionRound": (("IMAGE", "GOT_REFLECTION", "STRING", "IMAGE", "IMAGE"),
+                           ("best", "reflection", "report", "rounds", "chart")),
 }
 
 

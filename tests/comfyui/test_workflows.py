@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 UI_DIR = REPO / "workflows"
 API_DIR = REPO / "tests" / "workflows_api"
 WORKFLOWS = ("GoT text-to-image", "GoT image editing", "GoT interactive generation", "GoT best of N with a judge",
-             "GoT think, plan, render")
+             "GoT think, plan, render", "GoT best of N, then reflect")
 MLLM_NODES = {"GoTMLLMLoader": "GoT/loaders", "GoTReasoner": "GoT/reasoning", "GoTNextTurn": "GoT/reasoning",
               "GoTChainParser": "GoT/reasoning", "GoTPlanEditor": "GoT/reasoning", "GoTVLMLoader": "GoT/loaders",
               "GoTPromptThinker": "GoT/reasoning"}

@@ -196,6 +196,46 @@ def best_of_n_judged() -> list[Node]:
     return nodes
 
 
+def best_of_n_reflected() -> list[Node]:
+    """Best of N, then one PARM++ round: while the judge's pick scores below the threshold, the judge writes a
+    correction and GoT's edit mode carries it out on the pick (the edit branch runs only then)."""
+    edit_size = {"width": (WIDTH, 0), "height": (HEIGHT, 0)}
+    return [
+        *(node for node in best_of_n_judged() if node.id != 16),  # the pick goes on to reflection
+        Node(40, "GoTReflect", (2030, 40), (400, 330), {"prompt": T2I_PROMPT, "threshold": 0.5, "plan_weight": 0.5},
+             {"vlm": (19, 0), "prompt": (3, 0), "image": (15, 0), "chain": (2, 0)}),
+        replace(reasoner("", "edit"), id=41, pos=(2470, 40), links={"mllm": (1, 0), "prompt": (40, 0),
+                                                                    "image": (40, 1)}, title="edit by the correction"),
+        plan_editor(42, (41, 0), (2930, 40), image=(40, 1), title="the correction's plan"),
+        Node(43, "GoTReferenceEncoder", (2470, 660), (330, 130), links={**edit_size, "vae": (4, 0), "image": (40, 1)}),
+        Node(44, "GoTSSGMConditioner", (3350, 40), (330, 200),
+             links={**edit_size, "mllm": (1, 0), "chain": (42, 0), "vae": (4, 0), "reference": (43, 0)}),
+        Node(45, "GoTGuider", (3350, 290), (330, 150), {"a_t": 4.0, "a_s": 3.0, "a_r": 1.5},
+             {"model": (7, 0), "branches": (44, 2)}),
+        Node(46, "EmptyLatentImage", (3350, 490), (300, 110), {"batch_size": 1}, dict(edit_size)),
+        Node(47, "SamplerCustomAdvanced", (3720, 40), (260, 110),
+             links={"noise": (9, 0), "guider": (45, 0), "sampler": (10, 0), "sigmas": (11, 0),
+                    "latent_image": (46, 0)}),
+        Node(48, "VAEDecode", (3720, 200), (260, 50), links={"samples": (47, 0), "vae": (4, 0)}),
+        Node(49, "ImageScale", (3720, 290), (300, 130), {"upscale_method": "bicubic", "crop": "disabled"},
+             {"image": (48, 0), "width": (43, 1), "height": (43, 2)}, title="back to the source's aspect ratio"),
+        Node(50, "GoTReflectionRound", (4060, 40), (400, 330), links={"vlm": (19, 0), "reflection": (40, 2),
+                                                                     "edited": (49, 0), "chain": (42, 0)}),
+        Node(51, "SaveImage", (4500, 40), (520, 560), {"filename_prefix": "GoT/reflected"}, {"images": (50, 0)}),
+        Node(52, "PreviewImage", (4060, 420), (400, 400), links={"images": (50, 3)}, title="every round"),
+        Node(53, "PreviewImage", (4500, 640), (520, 330), links={"images": (50, 4)}, title="the rounds' scores"),
+        note(31, (2030, 420), (400, 460),
+             "## PARM++ reflection\nThe **GoT Reflect** judges the pick and writes one short correction (\"the "
+             "pear should be green\"). While the pick scores below the threshold, the **GoT Reflection Round** "
+             "asks for the edit: GoT's edit mode reasons about the pick with the correction as its instruction "
+             "(the new plan is in **the correction's plan**: drag it and queue again) and renders it with the "
+             "pick as reference. The round keeps the better image (every round's image, score and correction "
+             "are on the node). A pick that already scores at least the threshold is kept, and the edit is not "
+             "run.\n\nMore rounds: copy the nodes of this round and connect the Round's `reflection` to the next "
+             "GoT Reflect's `reflection` (its image input left empty)."),
+    ]
+
+
 THINK_PROMPT = "The tower Gustave Eiffel built, at night, seen from the river, with the city's lights"
 
 
@@ -225,7 +265,7 @@ def think_plan_render() -> list[Node]:
 
 WORKFLOWS = {"GoT text-to-image": text_to_image, "GoT image editing": editing,
              "GoT interactive generation": interactive, "GoT best of N with a judge": best_of_n_judged,
-             "GoT think, plan, render": think_plan_render}
+             "GoT think, plan, render": think_plan_render, "GoT best of N, then reflect": best_of_n_reflected}
 
 
 # --- conversion ---------------------------------------------------------------------------------------------
