@@ -13,8 +13,13 @@ straight from the released folders with --release and --qwen.
 
 from __future__ import annotations
 
-import argparse
 import sys
+
+LOADING = "Loading PyTorch, transformers and diffusers (this takes a few seconds) ..."
+if __name__ == "__main__":  # run as a program: the imports below take seconds, so say so before them
+    print(LOADING, flush=True)
+
+import argparse
 import tempfile
 import time
 import warnings
