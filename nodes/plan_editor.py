@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io, ui
 
+from ..got_backend.ssgm.sizes import check_widget_size
 from .chain import check_colors, describe_boxes, edited_chain
 from .comfy_bridge import size_input
 from .types import ChainSocket, ReasonedChain
@@ -71,6 +72,7 @@ class GoTPlanEditor(io.ComfyNode):
     @classmethod
     def execute(cls, chain: ReasonedChain, plan: str, edited_from: str, width: int, height: int,
                 image: torch.Tensor | None = None) -> io.NodeOutput:
+        check_widget_size("GoT Plan Editor", width, height, render=False)  # a linked size is checked too
         used = edited_chain(plan, chain)
         check_colors(used)
         model_changed = used is not chain and bool(edited_from) and edited_from != chain.text

@@ -16,10 +16,13 @@ import comfy.model_management
 from ..got_backend.reasoning.prompts import PromptError
 from ..got_backend.thinking import MARKER, Thought, think
 from ..got_backend.thinking.revision import MAX_REVISION_CHARS
-from .comfy_bridge import comfy_image
+from .comfy_bridge import check_widget_number, comfy_image
 from .model_management import ManagedVLM
 from .reasoner import ChainStream, reason_or_interrupt, reasoning_settings, sampling_inputs
 from .types import VLMSocket
+
+NODE = "GoT Prompt Thinker"
+REVISION_RANGE = (16, 20000)  # the max_revision_chars widget's range, also checked when run (a linked value)
 
 
 def shown(thought: Thought) -> str:
@@ -46,7 +49,8 @@ class GoTPromptThinker(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt to think about (with an image: the edit instruction)."),
                 *sampling_inputs(),
-                io.Int.Input("max_revision_chars", default=MAX_REVISION_CHARS, min=16, max=20000,
+                io.Int.Input("max_revision_chars", default=MAX_REVISION_CHARS, min=REVISION_RANGE[0],
+                             max=REVISION_RANGE[1],
                              tooltip="A longer revision is cut to this many characters (at a word boundary), "
                                      "with a note on the node."),
                 io.Image.Input("image", optional=True,
@@ -76,12 +80,13 @@ class GoTPromptThinker(io.ComfyNode):
                 image: torch.Tensor | None = None) -> io.NodeOutput:
         if not prompt.strip():
             raise PromptError("the prompt to think about is empty: write the prompt (or the edit instruction)")
+        settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p, NODE)  # before loading
+        check_widget_number(NODE, "max_revision_chars", max_revision_chars, *REVISION_RANGE, integer=True)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         chat = vlm.loaded()
         thought = reason_or_interrupt(lambda: think(
-            chat, prompt, comfy_image(image), settings=reasoning_settings(max_new_tokens, sampling, seed,
-                                                                          temperature, top_p),
-            max_revision_chars=max_revision_chars, on_token=stream,
+            chat, prompt, comfy_image(image), settings=settings, max_revision_chars=max_revision_chars,
+            on_token=stream,
             should_cancel=comfy.model_management.processing_interrupted))
         stream.bar.update_absolute(stream.bar.total)
         text = shown(thought)
