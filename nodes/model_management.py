@@ -36,6 +36,11 @@ from ..got_backend.errors import GoTError
 DTYPE_CHOICES = ("auto", "bf16", "fp16", "fp32")
 
 
+class ModelMemoryError(GoTError, torch.OutOfMemoryError, MemoryError):
+    """A model does not fit in its device's memory. Also a torch.OutOfMemoryError, the exception ComfyUI's executor
+    treats as out of memory (it adds its tip and unloads all models), and a MemoryError."""
+
+
 class PartialLoadError(GoTError):
     """ComfyUI placed only part of the MLLM on its device; a transformers model cannot run split like that."""
 
@@ -110,7 +115,7 @@ def load_fully(patcher: comfy.model_patcher.ModelPatcher, what: str) -> None:
     try:
         comfy.model_management.load_models_gpu([patcher], force_full_load=True)
     except torch.OutOfMemoryError as err:
-        raise MemoryError(
+        raise ModelMemoryError(
             f"the {what} does not fit on {patcher.load_device}: free memory (Unload models), choose a smaller "
             "dtype on its loader, or start ComfyUI with --lowvram, which runs it on the CPU") from err
     devices = {p.device for p in patcher.model.parameters()}

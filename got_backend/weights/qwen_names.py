@@ -14,11 +14,16 @@ from pathlib import Path
 import torch
 
 from .shapes import meta_model, state_shapes
+from ..errors import GoTError
 
 # Every spelling a Qwen2.5-VL checkpoint may use for each part, the longest (most specific) first.
 TEXT_ROOTS = ("model.language_model.", "model.")
 VISION_ROOTS = ("model.visual.", "visual.")
 LM_HEAD_ROOTS = ("lm_head.",)
+
+
+class UnsupportedTransformersError(GoTError):
+    """The installed transformers lays Qwen2.5-VL's parameters out in a way GoT does not know."""
 
 
 @dataclass(frozen=True)
@@ -91,8 +96,15 @@ def _names_of(shapes: dict[str, torch.Size], with_shapes: bool) -> QwenNames:
         for name in shapes:
             if name.endswith(suffix):
                 return name[: -len(suffix)]
-        raise RuntimeError(f"the installed Qwen2_5_VLForConditionalGeneration has no parameter *{suffix}; "
-                           "this transformers version is not supported")
+        import transformers
+
+        version = transformers.__version__
+        below = ".".join(version.split(".")[:2])
+        raise UnsupportedTransformersError(
+            f"transformers {version} names no parameter of Qwen2_5_VLForConditionalGeneration *{suffix}, so GoT "
+            "cannot tell where its weights go (got_backend/weights/qwen_names.py reads the names off the installed "
+            "model): install an earlier transformers, one GoT is tested with (4.49, the floor of requirements.txt, "
+            f"to the newest release of its time), e.g. pip install \"transformers<{below}\"")
 
     return QwenNames(text_root=root_of("embed_tokens.weight"), vision_root=root_of("patch_embed.proj.weight"),
                      lm_head_root=root_of("lm_head.weight") + "lm_head.",
