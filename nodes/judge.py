@@ -9,7 +9,7 @@
   too, so that the judge picks among the candidates that finished and shows where the others stopped.
 
 The judge model is a GOT_VLM (GoT VLM Loader) under ComfyUI's model management; Cancel stops it between batches
-of questions; the node's progress bar counts the questions answered.
+of questions; the node's progress bar counts the questions answered (a PARM check's, the sampler's node).
 """
 
 from __future__ import annotations
@@ -129,7 +129,8 @@ class GoTPARMGuider(GoTGuider):
         run, pending = self.last_run, self.last_run.control.pending()
         pixels = self.vae.decode(self.inner_model.process_latent_out(self._previous[pending].float()))
         previews = {index: pixels[row:row + 1] for row, index in enumerate(pending)}
-        judge = judge_of(self.vlm, 0.0, logits_processor=self.logits_processor)
+        # The questions answered show on the sampler's node (this guider has no node of its own at sampling).
+        judge = judge_of(self.vlm, 0.0, comfy.utils.ProgressBar(len(pending)), logits_processor=self.logits_processor)
         stopped = reason_or_interrupt(lambda: run.control.assess(
             done, {i: pil_batch(image)[0] for i, image in previews.items()}, judge, self.prompt))
         run.previews.update({index: previews[index].cpu() for index in stopped})

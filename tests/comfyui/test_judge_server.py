@@ -103,6 +103,22 @@ def test_the_judge_plan_weight_outside_0_to_1_is_a_clear_error_however_it_is_giv
     judged_ok(server, judge_graph(2, chain=True, plan_weight=1.0))
 
 
+
+def test_in_the_template_a_typed_plan_weight_of_1_5_is_a_node_error_and_the_judge_does_not_run(comfyui_server):
+    """Why "the GoT Judge accepted plan_weight 1.5 without error": ComfyUI refuses it, but queues the rest of the
+    graph (HTTP 200) because the template's "every candidate" preview does not depend on the judge; the refusal is
+    in the response's node_errors (the frontend outlines the node) and the judge and its outputs never run."""
+    graph = judged(twin(TEMPLATE))
+    graph["15"]["inputs"]["plan_weight"] = 1.5
+    graph["9"]["inputs"]["noise_seed"] = int(time.time() * 1000) % 10**9
+    status, body = comfyui_server.submit(graph)
+    assert status == 200 and body["node_errors"]["15"]["class_type"] == "GoTJudge", body
+    (error,) = body["node_errors"]["15"]["errors"]
+    assert error["details"] == "plan_weight" and "bigger than max of 1.0" in error["message"]
+    assert sorted(body["node_errors"]["15"]["dependent_outputs"]) == ["16", "17"]
+    entry = comfyui_server.wait(body["prompt_id"])
+    assert "18" in entry["outputs"] and not {"15", "16", "17"} & set(entry["outputs"])
+
 def test_the_parm_guider_threshold_and_checks_are_clear_errors_however_they_are_given(comfyui_server):
     server = comfyui_server
     refused(server, parm_graph(potential_threshold=1.5), "8", "potential_threshold", "bigger than max of 1.0")
@@ -115,4 +131,41 @@ def test_the_parm_guider_threshold_and_checks_are_clear_errors_however_they_are_
                             ("0.4, 1.4", ("check point must be a number from 0 to 1, got 1.4",))):
         refused(server, parm_graph(checks=checks), "8", *phrases)  # typed: refused when queued
         fails(server, linked(parm_graph(), "8", "checks", checks, "PrimitiveString"), "GoTPARMGuider", *phrases)
+    judged_ok(server, parm_graph())
+
+
+def test_cancel_during_a_parm_check_lands_between_batches_of_questions(comfyui_server):
+    """64 candidates, a check after the first of two steps: its clarity questions (eight batches) show on the
+    sampler's node; Cancel lands between two of them."""
+    server = comfyui_server
+    judged_ok(server, parm_graph())  # everything loaded, so the big run only renders and judges
+    count = 64
+    graph = parm_graph()
+    graph["12"]["inputs"]["batch_size"] = count
+    listener = Listener(server)
+    prompt_id, batches = listener.queue(server, graph), []
+    try:
+        deadline = time.monotonic() + 300
+        while len(batches) < 3:  # the check is asking its clarity questions
+            values = [p["value"] for p in listener.progress
+                      if p["node"] == "13" and p["prompt_id"] == prompt_id and p["max"] == count]
+            if values and (not batches or values[-1] != batches[-1][1]):
+                batches.append((time.time(), values[-1]))
+            assert time.monotonic() < deadline, f"the PARM check never got going: {listener.progress[-3:]}"
+            time.sleep(0.005)
+        cancelled_at = time.time()
+    finally:
+        assert server.post("/interrupt", {})[0] == 200
+        entry = server.wait(prompt_id, timeout=300)
+        listener.close()
+    asked = [p["value"] for p in listener.progress if p["node"] == "13" and p["prompt_id"] == prompt_id
+             and p["max"] == count]
+    messages = dict(entry["status"]["messages"])
+    assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
+    stopped = messages["execution_interrupted"]["timestamp"] / 1000 - cancelled_at
+    batch = max(b[0] - a[0] for a, b in zip(batches, batches[1:]))
+    print(f"\n[cancel] the PARM check stopped {stopped:.2f} s after POST /interrupt, {asked[-1]} of {count} clarity "
+          f"questions answered (one batch of eight took up to {batch:.2f} s on this machine)")
+    assert stopped < max(1.0, 2 * batch) and asked[-1] < count
+    assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
     judged_ok(server, parm_graph())
