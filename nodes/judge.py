@@ -30,7 +30,7 @@ from ..got_backend.images import to_uint8_pil
 from ..got_backend.judge import CandidateScore, Judge, JudgeInputError, ParmSettings
 from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking
-from ..got_backend.judge.candidates import describe_candidate
+from ..got_backend.judge.candidates import check_candidates, describe_candidate
 from ..got_backend.reasoning.sampling import LogitsProcessor
 from .comfy_bridge import check_widget_number
 from .guider import GoTGuider, GoTGuiderNode
@@ -106,7 +106,7 @@ class GoTPARMGuider(GoTGuider):
 
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, sampler, sigmas: torch.Tensor, *args,
                **kwargs) -> torch.Tensor:
-        batch = noise.shape[0]
+        batch = check_candidates(noise.shape[0])
         self.last_run = ParmRun(ParmControl(batch, len(sigmas) - 1, self.settings), [0] * batch, {})
         self._sigmas, self._previous = sigmas.float().cpu(), None
         return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)

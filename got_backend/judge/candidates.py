@@ -71,7 +71,8 @@ def describe_candidate(index: int, best: int, score: CandidateScore | None, stop
 
 def check_candidates(count: int) -> int:
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise JudgeInputError(f"the number of candidates must be a whole number of at least 1, got {count!r}")
+        raise JudgeInputError(f"the number of candidates must be a whole number of at least 1, got {count!r}: "
+                              "render at least one (--candidates in the CLI, the latent batch size in ComfyUI)")
     return count
 
 

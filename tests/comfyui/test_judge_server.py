@@ -169,3 +169,22 @@ def test_cancel_during_a_parm_check_lands_between_batches_of_questions(comfyui_s
     assert stopped < max(1.0, 2 * batch) and asked[-1] < count
     assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
     judged_ok(server, parm_graph())
+
+
+# --- batches -----------------------------------------------------------------------------------------------------
+
+def test_an_empty_batch_and_batches_of_different_sizes_fail_their_prompt_not_the_server(comfyui_server):
+    server = comfyui_server
+    fails(server, linked(judge_graph(2), "2", "batch_size", 0, "PrimitiveInt"), "GoTJudge",
+          "the image batch is empty", "at least one candidate")
+    empty = linked(parm_graph(), "12", "batch_size", 0, "PrimitiveInt")
+    fails(server, empty, "SamplerCustomAdvanced", "number of candidates must be a whole number of at least 1, got 0",
+          "the latent batch size in ComfyUI")
+    mismatched = parm_graph()  # the guider sampled two candidates, the judge gets three images
+    mismatched["30"] = {"class_type": "EmptyImage", "inputs": {"width": SIZE, "height": SIZE, "batch_size": 1,
+                                                               "color": 0}}
+    mismatched["31"] = {"class_type": "ImageBatch", "inputs": {"image1": ["14", 0], "image2": ["30", 0]}}
+    mismatched["15"]["inputs"]["images"] = ["31", 0]
+    fails(server, mismatched, "GoTJudge", "last sampled 2 candidates but the judge got 3 images")
+    judged_ok(server, parm_graph())
+    judged_ok(server, judge_graph(2, chain=True))
