@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 from tests.comfyui.test_hardening_server import fails, linked, refused
 from tests.comfyui.test_judge_nodes import TEMPLATE, judged, with_parm_guider
@@ -47,37 +48,53 @@ def judged_ok(server, graph: dict) -> dict:
 
 # --- Cancel ----------------------------------------------------------------------------------------------------
 
-def test_cancel_during_judging_lands_between_batches_of_questions(comfyui_server):
-    server = comfyui_server
-    judged_ok(server, judge_graph(1, chain=True))  # the judge and the chain loaded, so the big run only judges
-    count = 160  # 160 outcome + 320 plan questions: 60 batches of eight
+@dataclass
+class Cancelled:
+    progress: list[tuple[int, int]]  # (value, max) of the node's progress in the cancelled prompt
+    stopped: float  # seconds from POST /interrupt to the server's execution_interrupted
+    batch: float  # the longest time between two of the node's progress updates before the Cancel
+
+
+def cancel_after_batches(server, graph: dict, node: str, batches: int, total: int | None = None) -> Cancelled:
+    """Queue `graph`, POST /interrupt once `node` has reported `batches` progress updates (of `total` only, if
+    given), and wait for the prompt: it must end interrupted, not failed, and leave the queue empty."""
     listener = Listener(server)
-    prompt_id, batches = listener.queue(server, judge_graph(count, chain=True)), []
+    prompt_id, seen = listener.queue(server, graph), []
+
+    def progress() -> list[tuple[int, int]]:
+        return [(p["value"], p["max"]) for p in listener.progress if p["node"] == node
+                and p["prompt_id"] == prompt_id and total in (None, p["max"])]
     try:
         deadline = time.monotonic() + 300
-        while len(batches) < 4:  # the judge is answering, batch after batch
-            values = [(p["value"], p["max"]) for p in listener.progress
-                      if p["node"] == "3" and p["prompt_id"] == prompt_id]
-            if values and (not batches or values[-1] != batches[-1][1]):
-                batches.append((time.time(), values[-1]))
-            assert time.monotonic() < deadline, f"the judge never got going: {listener.progress[-3:]}"
+        while len(seen) < batches:  # the node is working, batch after batch
+            values = progress()
+            if values and (not seen or values[-1] != seen[-1][1]):
+                seen.append((time.time(), values[-1]))
+            assert time.monotonic() < deadline, f"node {node} never got going: {listener.progress[-3:]}"
             time.sleep(0.005)
         cancelled_at = time.time()
     finally:
         assert server.post("/interrupt", {})[0] == 200
         entry = server.wait(prompt_id, timeout=300)
         listener.close()
-    progress = [(p["value"], p["max"]) for p in listener.progress if p["node"] == "3" and p["prompt_id"] == prompt_id]
     messages = dict(entry["status"]["messages"])
     assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
-    stopped = messages["execution_interrupted"]["timestamp"] / 1000 - cancelled_at  # the server's clock is ours
-    batch = max(b[0] - a[0] for a, b in zip(batches, batches[1:]))
-    answered = progress[-1][0] if progress[-1][1] == count else count + progress[-1][0]  # of 3 * count
-    print(f"\n[cancel] the GoT Judge stopped {stopped:.2f} s after POST /interrupt, {answered} of {3 * count} "
-          f"questions answered (one batch of eight questions took up to {batch:.2f} s on this machine)")
-    assert stopped < max(1.0, 2 * batch)  # the running batch ends, the next one is not started
-    assert answered < count  # it stopped in the outcome questions, where it was cancelled
     assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
+    stopped = messages["execution_interrupted"]["timestamp"] / 1000 - cancelled_at  # the server's clock is ours
+    return Cancelled(progress(), stopped, max(b[0] - a[0] for a, b in zip(seen, seen[1:])))
+
+
+def test_cancel_during_judging_lands_between_batches_of_questions(comfyui_server):
+    server = comfyui_server
+    judged_ok(server, judge_graph(1, chain=True))  # the judge and the chain loaded, so the big run only judges
+    count = 160  # 160 outcome + 320 plan questions: 60 batches of eight
+    cancel = cancel_after_batches(server, judge_graph(count, chain=True), "3", batches=4)
+    value, total = cancel.progress[-1]
+    answered = value if total == count else count + value  # of 3 * count
+    print(f"\n[cancel] the GoT Judge stopped {cancel.stopped:.2f} s after POST /interrupt, {answered} of {3 * count} "
+          f"questions answered (one batch of eight questions took up to {cancel.batch:.2f} s on this machine)")
+    assert cancel.stopped < max(1.0, 2 * cancel.batch)  # the running batch ends, the next one is not started
+    assert answered < count  # it stopped in the outcome questions, where it was cancelled
     judged_ok(server, judge_graph(2, chain=True))
 
 
@@ -142,32 +159,11 @@ def test_cancel_during_a_parm_check_lands_between_batches_of_questions(comfyui_s
     count = 64
     graph = parm_graph()
     graph["12"]["inputs"]["batch_size"] = count
-    listener = Listener(server)
-    prompt_id, batches = listener.queue(server, graph), []
-    try:
-        deadline = time.monotonic() + 300
-        while len(batches) < 3:  # the check is asking its clarity questions
-            values = [p["value"] for p in listener.progress
-                      if p["node"] == "13" and p["prompt_id"] == prompt_id and p["max"] == count]
-            if values and (not batches or values[-1] != batches[-1][1]):
-                batches.append((time.time(), values[-1]))
-            assert time.monotonic() < deadline, f"the PARM check never got going: {listener.progress[-3:]}"
-            time.sleep(0.005)
-        cancelled_at = time.time()
-    finally:
-        assert server.post("/interrupt", {})[0] == 200
-        entry = server.wait(prompt_id, timeout=300)
-        listener.close()
-    asked = [p["value"] for p in listener.progress if p["node"] == "13" and p["prompt_id"] == prompt_id
-             and p["max"] == count]
-    messages = dict(entry["status"]["messages"])
-    assert "execution_interrupted" in messages and "execution_error" not in messages, entry["status"]
-    stopped = messages["execution_interrupted"]["timestamp"] / 1000 - cancelled_at
-    batch = max(b[0] - a[0] for a, b in zip(batches, batches[1:]))
-    print(f"\n[cancel] the PARM check stopped {stopped:.2f} s after POST /interrupt, {asked[-1]} of {count} clarity "
-          f"questions answered (one batch of eight took up to {batch:.2f} s on this machine)")
-    assert stopped < max(1.0, 2 * batch) and asked[-1] < count
-    assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
+    cancel = cancel_after_batches(server, graph, "13", batches=3, total=count)
+    asked = cancel.progress[-1][0]
+    print(f"\n[cancel] the PARM check stopped {cancel.stopped:.2f} s after POST /interrupt, {asked} of {count} "
+          f"clarity questions answered (one batch of eight took up to {cancel.batch:.2f} s on this machine)")
+    assert cancel.stopped < max(1.0, 2 * cancel.batch) and asked < count
     judged_ok(server, parm_graph())
 
 
