@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from got_backend.ssgm.guidance import SCALE_LIMIT
 from tests.comfyui.test_hardening_server import fails, linked, refused
 from tests.comfyui.test_judge_nodes import TEMPLATE, judged, with_parm_guider
 from tests.comfyui.test_workflows import CHAIN, SIZE, Listener, twin
@@ -142,6 +143,9 @@ def test_the_parm_guider_threshold_and_checks_are_clear_errors_however_they_are_
     fails(server, linked(parm_graph(), "8", "potential_threshold", 1.5), "GoTPARMGuider",
           "GoT PARM Guider: potential_threshold is 1.5", "from 0 to 1", "fix the node linked to potential_threshold")
     fails(server, parm_graph(potential_threshold=math.nan), "GoTPARMGuider", "potential_threshold is nan")
+    refused(server, parm_graph(a_t=2 * SCALE_LIMIT), "8", "a_t", "bigger than max")  # the GoT Guider's scales
+    fails(server, linked(parm_graph(), "8", "a_s", -2 * SCALE_LIMIT), "GoTPARMGuider", "a_s is", f"{SCALE_LIMIT:g}")
+    fails(server, parm_graph(a_r=math.nan), "GoTPARMGuider", "a_r is nan")
     for checks, phrases in (("0.2; 0.4", ("check points must be numbers from 0 to 1", "'0.2; 0.4'")),
                             ("  ", ("at least one check point",)),
                             ("0.4, nan", ("check point must be a number from 0 to 1, got nan",)),
