@@ -206,8 +206,9 @@ def think_first(args: argparse.Namespace, files: GoTFiles, pipeline: GoTPipeline
     from .thinking import MARKER, think
 
     started = time.monotonic()
-    chat = ChatModel.for_folder(args.think, pipeline.mllm, files.mllm)
+    chat = ChatModel.for_folder(args.think, pipeline.mllm, files.mllm, device=pipeline.device)
     with ProgressBars(reasoning.max_new_tokens, 0) as bars:
+        pipeline.use_for(chat.model, bars.progress, "thinking")
         thought = think(chat, prompt, source, settings=reasoning, on_token=bars.progress.on_token)
     for note in thought.notes:
         print(f"thinking: {note}", file=sys.stderr)

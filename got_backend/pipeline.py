@@ -307,6 +307,15 @@ class GoTPipeline:
             self._stage(stage)
         progress.stage(event)
 
+    def use_for(self, model: torch.nn.Module, progress: Progress, event: str) -> None:
+        """Announce `event` (the judge's or the thinker's turn) with `model` ready to answer: GoT's own MLLM is
+        put back on the device with its stage (with offload it was moved out for rendering); another model
+        stays where it was loaded."""
+        if model is self.mllm.model:
+            self.use_stage("reason", progress, event)
+        else:
+            progress.stage(event)
+
     def _stage(self, stage: str) -> None:
         """With offload, only the stage's models are on the device: the MLLM to "reason", the VAE to encode
         and decode ("vae"), the UNet to "unet". So the peak is one stage's, not the sum. The MLLM's KV cache

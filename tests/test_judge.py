@@ -17,7 +17,7 @@ from got_backend.judge import (JudgeInputError, Judge, ParmSettings, ReflectionR
 from got_backend.judge.candidates import check_candidates
 from got_backend.judge.parm import ParmControl, parse_checks
 from got_backend.judge.scores import combined_score, object_crops, ranking, yes_probability
-from got_backend.pipeline import GoTPipeline, ReasoningSettings, RenderSettings
+from got_backend.pipeline import GoTPipeline, Progress, ReasoningSettings, RenderSettings
 from got_backend.reasoning.prompts import condition_image
 from got_backend.ssgm.chain import parse_chain
 from got_backend.ssgm.layout import pixel_extent
@@ -108,6 +108,17 @@ def test_ties_break_by_index(pipeline: GoTPipeline, chat: ChatModel) -> None:
 
 
 # --- PARM --------------------------------------------------------------------------------------------------------
+
+def test_with_offload_the_judge_gets_gots_mllm_back_on_the_device(pipeline: GoTPipeline, chat: ChatModel) -> None:
+    """The judge is GoT's own MLLM, which offload moved out for rendering: it comes back before the questions
+    (here on the CPU: the code path)."""
+    offloading = GoTPipeline(pipeline.mllm, pipeline.unet, pipeline.vae, device="cpu", offload=True)
+    judge, script = scripted(chat, outcome=[0.3, 0.6])
+    stages: list[str] = []
+    selection = best_of_n(offloading, judge, PROMPT, candidates=2, chain_text=CHAIN, render=replace(RENDER, steps=1),
+                          progress=Progress(on_stage=stages.append))
+    assert stages[-4:] == ["switch", "decode", "switch", "judge"] and selection.best == 1
+
 
 def test_parm_stops_candidates_without_potential(pipeline: GoTPipeline, chat: ChatModel) -> None:
     """N = 4, checks at 40% of 5 steps (after step 2): candidate 3 is not clear yet (not asked the potential

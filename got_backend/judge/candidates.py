@@ -114,6 +114,6 @@ def best_of_n(pipeline: GoTPipeline, judge: Judge, prompt: str, *, candidates: i
         rendered.append(Candidate(index, seed, turn, result.chain, result.image, result.latents, render.steps))
         if on_candidate is not None:
             on_candidate(index + 1, count)
-    progress.stage("judge")
+    pipeline.use_for(judge.chat.model, progress, "judge")
     scores = judge.score([c.image for c in rendered], prompt, [c.chain for c in rendered])
     return Selection(rendered, list(scores), ranking([s.score for s in scores])[0])

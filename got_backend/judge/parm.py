@@ -123,7 +123,7 @@ def parm_best_of_n(pipeline: GoTPipeline, judge: Judge, prompt: str, *, candidat
         if control.due(done):
             pipeline.use_stage("vae", progress, "decode")
             looked_at = {i: _image(pipeline, runs[i].predicted_x0) for i in control.pending()}
-            progress.stage("judge")
+            pipeline.use_for(judge.chat.model, progress, "judge")
             control.assess(done, looked_at, judge, prompt)
             previews.update(looked_at)
             pipeline.use_stage("unet", progress, "denoise")
@@ -135,7 +135,7 @@ def parm_best_of_n(pipeline: GoTPipeline, judge: Judge, prompt: str, *, candidat
         made.append(Candidate(index, render.seed + index, turn, conditioned[id(turn)][1],
                               finished[index] if done else previews[index], run.latents if done else None,
                               run.done, track.stopped_at, tuple(track.clarity), track.potential))
-    progress.stage("judge")
+    pipeline.use_for(judge.chat.model, progress, "judge")
     live = control.live
     judged = judge.score([made[i].image for i in live], prompt, [made[i].chain for i in live])
     scores = [None] * count

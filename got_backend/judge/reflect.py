@@ -77,12 +77,12 @@ def reflect(pipeline: GoTPipeline, judge: Judge, prompt: str, start: ReflectionR
     check_fraction(threshold, "the reflection threshold", "reflect while the judge's score is below it")
     reflection = Reflection((start,))
     while len(reflection.rounds) <= rounds and reflection.needs_correction(threshold):
-        progress.stage("judge")
+        pipeline.use_for(judge.chat.model, progress, "judge")
         correction = judge.correction(reflection.latest.image, prompt)
         edit = pipeline.generate(correction, reflection.latest.image, render=render, reasoning=reasoning,
                                  progress=progress)
         made = edit.renders[-1]
-        progress.stage("judge")
+        pipeline.use_for(judge.chat.model, progress, "judge")
         (score,) = judge.score([edit.image], prompt, [made.chain])
         reflection = reflection.then(edit.image, made.reasoning, score, correction)
     return reflection
