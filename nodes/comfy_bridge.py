@@ -10,7 +10,7 @@ widget and the VAE encode callable.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from comfy_api.latest import io
@@ -23,7 +23,8 @@ from ..got_backend.ssgm.sizes import LATENT_FACTOR, MAX_SIDE, MIN_WIDGET_SIDE
 
 
 class WidgetValueError(GoTError):
-    """A number outside its widget's range (or NaN/infinite), typically from a link or an edited workflow file."""
+    """A number outside its widget's range (or NaN/infinite) or a choice not among a Combo's, typically from a link
+    or an edited workflow file."""
 
 
 def comfy_image(image: torch.Tensor | None) -> torch.Tensor | None:
@@ -61,6 +62,21 @@ def check_widget_number(node: str, name: str, value: object, low: float, high: f
     if isinstance(value, bool) or not number or not math.isfinite(value) or not low <= value <= high:
         raise WidgetValueError(f"{node}: {name} is {value!r}, but it must be a {kind} from {low:g} to {high:g} (the "
                                f"widget's range): set it in that range, or fix the node linked to {name}")
+
+
+def choice_error(name: str, value: object, allowed: Sequence[str]) -> str | None:
+    """Why `value` is not one of a Combo's choices (None when it is). ComfyUI 0.3.64 does not check a V3 Combo's
+    value, so a workflow file could name anything."""
+    if value in allowed:
+        return None
+    return f"{name} {value!r} is not one of the choices ({', '.join(allowed) or 'none found'})"
+
+
+def check_widget_choice(node: str, name: str, value: object, allowed: Sequence[str]) -> None:
+    """`value` as the Combo allows it, checked when the node runs (before anything loads)."""
+    error = choice_error(name, value, allowed)
+    if error is not None:
+        raise WidgetValueError(f"{node}: {error}: pick one on the node, or fix the node linked to {name}")
 
 
 def cancellable_progress(node_id: str | None = None) -> Callable[[int, int], None]:

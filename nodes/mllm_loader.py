@@ -18,6 +18,7 @@ import folder_paths
 from ..got_backend.chat import ChatModel
 from ..got_backend.reasoning.mllm import GoTMLLM
 from ..got_backend.weights.models_dir import PROJECTORS_FILE, QWEN_BASE_NAME, RELEASE_INDEX, mllm_layout
+from .comfy_bridge import check_widget_choice, choice_error
 from .model_management import DTYPE_CHOICES, ManagedMLLM, ManagedVLM, mllm_devices, mllm_dtype, shared_model
 from .types import MLLMSocket, VLMSocket
 from ..got_backend.errors import GoTError
@@ -126,19 +127,18 @@ class GoTMLLMLoader(io.ComfyNode):
                                                     "Conditioner.")],
         )
 
+    # ComfyUI files validate_inputs' message under each of its arguments, so it takes only the folder (the name
+    # a shared workflow most often gets wrong): an unlisted folder is reported once, under model_folder.
+    # qwen_folder and dtype (model_management.mllm_dtype) are checked when the node runs, before anything loads
+    # (0.8.0 also checks them at queue time).
     @classmethod
-    def validate_inputs(cls, model_folder: str, qwen_folder: str, dtype: str) -> bool | str:
-        """Refuse names that are not listed at /prompt time (ComfyUI 0.3.64 does not check V3 combo values)."""
-        names = model_folder_names()
-        for what, value, allowed in (("model_folder", model_folder, names),
-                                     ("qwen_folder", qwen_folder, [NO_QWEN, *names]),
-                                     ("dtype", dtype, DTYPE_CHOICES)):
-            if value not in allowed:
-                return f"{what} {value!r} is not one of the choices ({', '.join(allowed) or 'none found'})"
-        return True
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        """At queue time: a listed folder (ComfyUI 0.3.64 does not check V3 Combo values)."""
+        return choice_error("model_folder", model_folder, model_folder_names()) or True
 
     @classmethod
     def execute(cls, model_folder: str, qwen_folder: str, dtype: str) -> io.NodeOutput:
+        check_widget_choice("GoT MLLM Loader", "qwen_folder", qwen_folder, [NO_QWEN, *model_folder_names()])
         return io.NodeOutput(load_got_mllm(model_folder, qwen_folder, dtype))
 
 
@@ -167,9 +167,9 @@ class GoTVLMLoader(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, model_folder: str, dtype: str) -> bool | str:
-        """Refuse names that are not listed, as the GoT MLLM Loader does."""
-        return GoTMLLMLoader.validate_inputs(model_folder, NO_QWEN, dtype)
+    def validate_inputs(cls, model_folder: str) -> bool | str:
+        """At queue time: a listed folder, as the GoT MLLM Loader checks it."""
+        return GoTMLLMLoader.validate_inputs(model_folder)
 
     @classmethod
     def execute(cls, model_folder: str, dtype: str) -> io.NodeOutput:

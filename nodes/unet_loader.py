@@ -21,6 +21,7 @@ import comfy.supported_models
 import comfy.utils
 import folder_paths
 
+from .comfy_bridge import check_widget_choice
 from .unet_keys import UNetWeightsError, comfy_unet_state
 from ..got_backend.weights.diffusers_configs import GOT_IN_CHANNELS, SDXL_ADD_TIME_DIM, SDXL_TIME_IDS
 from ..got_backend.weights.shapes import state_mismatch, state_shapes
@@ -134,18 +135,19 @@ class GoTUNetLoader(io.ComfyNode):
                                              "Conditioner (which carries the 8 extra channels).")],
         )
 
+    # ComfyUI 0.3.64 does not check V3 combo values against their options: a workflow could name any path. Only
+    # unet_name is checked at queue time, as ComfyUI files validate_inputs' message under each of its arguments;
+    # weight_dtype is checked when the node runs, before anything loads.
     @classmethod
-    def validate_inputs(cls, unet_name: str, weight_dtype: str) -> bool | str:
-        # ComfyUI 0.3.64 does not check V3 combo values against their options: a workflow could name any path.
+    def validate_inputs(cls, unet_name: str) -> bool | str:
         if unet_name not in folder_paths.get_filename_list("diffusion_models"):
             return (f"{unet_name!r} is not a file in ComfyUI's diffusion_models folders; put the converted "
                     "GoT-6B-unet.safetensors there and pick it from the list")
-        if weight_dtype not in WEIGHT_DTYPES:
-            return f"weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}"
         return True
 
     @classmethod
     def execute(cls, unet_name: str, weight_dtype: str) -> io.NodeOutput:
+        check_widget_choice("GoT UNet Loader", "weight_dtype", weight_dtype, list(WEIGHT_DTYPES))
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         return io.NodeOutput(load_got_unet(path, WEIGHT_DTYPES[weight_dtype]))
 

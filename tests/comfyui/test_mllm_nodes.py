@@ -103,11 +103,14 @@ def test_auto_dtype_never_picks_fp16(inproc, monkeypatch):
 def test_loader_accepts_only_listed_folders(loader):
     assert loader.model_folder_names() == ["GoT-6B"]
     for name in ("../LLM/GoT-6B", "GoT-6B/..", "/etc", "missing"):
-        assert "not one of the choices" in loader.GoTMLLMLoader.validate_inputs(name, loader.NO_QWEN, "auto")
+        assert "not one of the choices" in loader.GoTMLLMLoader.validate_inputs(name)
         with pytest.raises(loader.ModelFolderError, match="pick one from the list"):
             loader.resolve_model_folder(name)
-    assert "not one of the choices" in loader.GoTMLLMLoader.validate_inputs("GoT-6B", "../x", "auto")
-    assert loader.GoTMLLMLoader.validate_inputs("GoT-6B", loader.NO_QWEN, "fp16") is True
+    assert loader.GoTMLLMLoader.validate_inputs("GoT-6B") is True
+    with pytest.raises(loader.GoTError, match="qwen_folder '../x' is not one of the choices"):  # before loading
+        loader.GoTMLLMLoader.execute("GoT-6B", "../x", "auto")
+    with pytest.raises(loader.GoTError, match="unknown MLLM dtype 'fp4'"):
+        loader.GoTMLLMLoader.execute("GoT-6B", loader.NO_QWEN, "fp4")
 
 
 @pytest.fixture

@@ -38,7 +38,8 @@ def test_unet_loader_offers_and_accepts_only_model_folder_files(node_classes):
     loader = node_classes["GoTUNetLoader"]
     options = loader.INPUT_TYPES()["required"]["unet_name"][1]["options"]
     assert "GoT-6B-unet.safetensors" in options
-    assert loader.validate_inputs("GoT-6B-unet.safetensors", "default") is True
+    assert loader.validate_inputs("GoT-6B-unet.safetensors") is True
     for name in ("../vae/GoT-6B-vae.safetensors", "/etc/passwd", "missing.safetensors"):
-        assert "not a file in ComfyUI's diffusion_models folders" in loader.validate_inputs(name, "default")
-    assert "weight_dtype" in loader.validate_inputs("GoT-6B-unet.safetensors", "fp4")
+        assert "not a file in ComfyUI's diffusion_models folders" in loader.validate_inputs(name)
+    with pytest.raises(ValueError, match="GoT UNet Loader: weight_dtype 'fp4' is not one of the choices"):
+        loader.execute("GoT-6B-unet.safetensors", "fp4")  # checked when run, before loading

@@ -36,3 +36,18 @@ def test_a_bad_task_and_an_empty_prompt_are_each_reported_once_under_their_input
     names = [e["extra_info"]["input_name"] for e in queue_errors(comfyui_server, reasoner_only(prompt="",
                                                                                               task="txt2img"))]
     assert names.count("prompt") == 1 and len(set(names)) == len(names) and set(names) <= {"prompt", "task"}
+
+
+def test_an_unlisted_model_file_is_reported_once_under_its_input(comfyui_server):
+    """The loaders' validate_inputs take only the file or folder name, so its error is not repeated under the
+    loader's other widgets (those are checked when the loader runs, and by ComfyUI 0.8.0 itself)."""
+    graph = reasoner_only()
+    graph["1"]["inputs"]["model_folder"] = "GoT-7B"
+    errors = queue_errors(comfyui_server, graph, node="1")
+    assert [(e["extra_info"]["input_name"], e["details"]) for e in errors] == [
+        ("model_folder", "model_folder - model_folder 'GoT-7B' is not one of the choices (GoT-6B)")]
+    graph = {"1": {"class_type": "GoTUNetLoader", "inputs": {"unet_name": "GoT-7B-unet.safetensors",
+                                                            "weight_dtype": "default"}},
+             "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+    errors = queue_errors(comfyui_server, graph, node="1")
+    assert [e["extra_info"]["input_name"] for e in errors] == ["unet_name"]

@@ -124,4 +124,4 @@ def test_an_empty_prompt_and_an_unlisted_folder_are_refused(loader, inproc):
     thinker_node = inproc.pack_module("nodes.thinker").GoTPromptThinker
     assert "empty" in thinker_node.validate_inputs(prompt="  ")
     assert thinker_node.validate_inputs(prompt="a cat") is True
-    assert "not one of the choices" in loader.GoTVLMLoader.validate_inputs("../etc", "auto")
+    assert "not one of the choices" in loader.GoTVLMLoader.validate_inputs("../etc")
