@@ -29,9 +29,10 @@ class GoTGuider(comfy.samplers.CFGGuider):
     sampler_calc_cond_batch_function is not applied, and the branches are not named positive/negative, so
     ControlNets marked "apply to uncond" and GLIGEN are not spread across them."""
 
-    def set_guidance(self, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float) -> None:
+    def set_guidance(self, branches: dict[str, ComfyConditioning], a_t: float, a_s: float, a_r: float,
+                     node: str = "GoT Guider") -> None:
         for name, value in (("a_t", a_t), ("a_s", a_s), ("a_r", a_r)):
-            check_widget_number("GoT Guider", name, value, -SCALE_LIMIT, SCALE_LIMIT)
+            check_widget_number(node, name, value, -SCALE_LIMIT, SCALE_LIMIT)
         self.scales = (a_t, a_s, a_r)
         self.branch_names = needed_branches(a_t, a_s, a_r)
         self.inner_set_conds({name: branches[name] for name in self.branch_names})

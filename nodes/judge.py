@@ -77,7 +77,7 @@ def score_chart(scores: list[float | None], best: int, notes: list[str]) -> torc
         draw.text((x0, bottom + 6), str(index), fill=(220, 220, 220))
         draw.text((x0, max(2, bottom - value * (bottom - top) - 14)), note, fill=(220, 220, 220))
     draw.line((8, bottom, width - 8, bottom), fill=(160, 160, 160))
-    return torch.from_numpy(np.asarray(chart)).float().div(255)[None]
+    return torch.from_numpy(np.array(chart)).float().div(255)[None]
 
 
 @dataclass
@@ -263,7 +263,7 @@ class GoTPARMGuiderNode(io.ComfyNode):
         check_widget_number("GoT PARM Guider", "potential_threshold", potential_threshold, *FRACTION)
         settings = ParmSettings(checks=parse_checks(checks), potential_threshold=potential_threshold)
         guider = GoTPARMGuider(model)
-        guider.set_guidance(branches, a_t, a_s, a_r)
+        guider.set_guidance(branches, a_t, a_s, a_r, node="GoT PARM Guider")
         guider.set_parm(vlm, vae, prompt, settings)
         return io.NodeOutput(guider)
 

@@ -25,7 +25,7 @@ from ..got_backend.judge import CandidateScore, JudgeInputError, Reflection, Ref
 from ..got_backend.judge.reflect import DEFAULT_THRESHOLD
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT
 from .comfy_bridge import check_widget_number
-from .judge import judge_of, pil_batch, score_chart
+from .judge import FRACTION, judge_of, pil_batch, score_chart
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
 from .types import ChainSocket, ReasonedChain, ReflectionSocket, VLMSocket
@@ -93,10 +93,10 @@ class GoTReflectNode(io.ComfyNode):
                 io.String.Input("prompt", multiline=True, default="",
                                 tooltip="The prompt the image was made for: it is judged by it and corrected "
                                         "towards it. Leave empty after a GoT Reflection Round (its prompt goes on)."),
-                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=0.0, max=1.0, step=0.05,
+                io.Float.Input("threshold", default=DEFAULT_THRESHOLD, min=FRACTION[0], max=FRACTION[1], step=0.05,
                                tooltip="Edit while the latest image's score is below this (1: always edit, "
                                        "0: never)."),
-                io.Float.Input("plan_weight", default=DEFAULT_PLAN_WEIGHT, min=0.0, max=1.0, step=0.05,
+                io.Float.Input("plan_weight", default=DEFAULT_PLAN_WEIGHT, min=FRACTION[0], max=FRACTION[1], step=0.05,
                                tooltip="With chains: score = (1 - w) * outcome + w * plan, as in the GoT Judge."),
                 io.Image.Input("image", optional=True,
                                tooltip="Round 0: the image to correct (e.g. the GoT Judge's best). Leave empty "
@@ -123,7 +123,7 @@ class GoTReflectNode(io.ComfyNode):
                 image: torch.Tensor | None = None, chain: ReasonedChain | None = None,
                 reflection: ReflectionState | None = None) -> io.NodeOutput:
         for name, value in (("threshold", threshold), ("plan_weight", plan_weight)):
-            check_widget_number("GoT Reflect", name, value, 0.0, 1.0)
+            check_widget_number("GoT Reflect", name, value, *FRACTION)
         bar = comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id)
         judge = judge_of(vlm, plan_weight, bar)
         if (image is None) == (reflection is None):

@@ -135,10 +135,8 @@ def test_best_of_n_template_with_the_parm_guider(comfyui_server):
 
 
 def test_bad_judge_inputs_fail_the_prompt_not_the_server(comfyui_server):
-    graph = with_parm_guider(judged(twin(TEMPLATE)), checks="0.4, 1.4")
-    error = comfyui_server.execution_error(comfyui_server.run(graph))
-    assert error["node_type"] == "GoTPARMGuider" and "check point must be a number from 0 to 1, got 1.4" in \
-        error["exception_message"]
+    status, body = comfyui_server.submit(with_parm_guider(judged(twin(TEMPLATE)), checks="0.4, 1.4"))
+    assert status == 400 and "check point must be a number from 0 to 1, got 1.4" in json.dumps(body["node_errors"]["8"])
     folder = comfyui_server.base_dir / "models" / "LLM" / "not-a-qwen"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))

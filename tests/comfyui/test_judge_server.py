@@ -144,7 +144,8 @@ def test_the_parm_guider_threshold_and_checks_are_clear_errors_however_they_are_
           "GoT PARM Guider: potential_threshold is 1.5", "from 0 to 1", "fix the node linked to potential_threshold")
     fails(server, parm_graph(potential_threshold=math.nan), "GoTPARMGuider", "potential_threshold is nan")
     refused(server, parm_graph(a_t=2 * SCALE_LIMIT), "8", "a_t", "bigger than max")  # the GoT Guider's scales
-    fails(server, linked(parm_graph(), "8", "a_s", -2 * SCALE_LIMIT), "GoTPARMGuider", "a_s is", f"{SCALE_LIMIT:g}")
+    fails(server, linked(parm_graph(), "8", "a_s", -2 * SCALE_LIMIT), "GoTPARMGuider", "GoT PARM Guider: a_s is",
+          f"{SCALE_LIMIT:g}")
     fails(server, parm_graph(a_r=math.nan), "GoTPARMGuider", "a_r is nan")
     for checks, phrases in (("0.2; 0.4", ("check points must be numbers from 0 to 1", "'0.2; 0.4'")),
                             ("  ", ("at least one check point",)),
