@@ -87,6 +87,7 @@ def main() -> None:
 
             release = make_tiny_release(Path(folder) / "release")
             models = Path(folder) / "models"
+            models.mkdir()  # the converter writes into an existing ComfyUI/models folder
             convert_release(release.got_release, release.qwen_base, models)
         pipeline = GoTPipeline.from_models_dir(models, device=args.device)
         chat = ChatModel.of(pipeline.mllm)
@@ -95,6 +96,9 @@ def main() -> None:
         results = [measure(pipeline, chat, render, parm) for parm in (False, True)]
     for result in results:
         print(json.dumps(result))
+    plain, stepwise = results
+    print(f"PARM / plain best-of-N: UNet calls {stepwise['unet_calls'] / plain['unet_calls']:.2f}, "
+          f"wall time {stepwise['wall_s'] / plain['wall_s']:.2f}")
     if args.json:
         args.json.write_text(json.dumps({"steps": args.steps, "size": args.size, "device": args.device,
                                          "candidates": N, "results": results}, indent=1))
