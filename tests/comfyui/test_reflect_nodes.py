@@ -110,6 +110,25 @@ def test_bad_reflection_inputs(inproc, nodes, parts):
         nodes.round_node.execute(parts["vlm"], state)
 
 
+def test_cancel_while_the_judge_writes_the_correction(nodes, parts, monkeypatch):
+    import comfy.model_management as mm
+
+    nodes.script(outcome=[0.2, 0.2])
+    seen = []
+
+    def cancel_during_the_correction() -> bool:  # like the Cancel button: the outcome question, then two tokens
+        seen.append(1)
+        return len(seen) > 3
+
+    monkeypatch.setattr(mm, "processing_interrupted", cancel_during_the_correction)
+    with pytest.raises(mm.InterruptProcessingException) as raised:
+        nodes.reflect_node.execute(parts["vlm"], PROMPT, 0.5, 0.0, image=image(10))
+    assert len(seen) == 4 and raised.value.__context__ is None  # stopped at the third token, no traceback kept
+    assert parts["vlm"].chat.cached_tokens == 0
+    monkeypatch.setattr(mm, "processing_interrupted", lambda: False)
+    assert nodes.reflect_node.execute(parts["vlm"], PROMPT, 0.5, 0.0, image=image(10))[0] == CORRECTION
+
+
 # --- the template through a real server --------------------------------------------------------------------------
 
 def reflected(threshold: float) -> dict:
