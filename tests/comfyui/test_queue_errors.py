@@ -44,8 +44,8 @@ def test_an_unlisted_model_file_is_reported_once_under_its_input(comfyui_server)
     graph = reasoner_only()
     graph["1"]["inputs"]["model_folder"] = "GoT-7B"
     errors = queue_errors(comfyui_server, graph, node="1")
-    assert [(e["extra_info"]["input_name"], e["details"]) for e in errors] == [
-        ("model_folder", "model_folder - model_folder 'GoT-7B' is not one of the choices (GoT-6B)")]
+    assert [e["extra_info"]["input_name"] for e in errors] == ["model_folder"]
+    assert errors[0]["details"].startswith("model_folder - model_folder 'GoT-7B' is not one of the choices (GoT-6B")
     graph = {"1": {"class_type": "GoTUNetLoader", "inputs": {"unet_name": "GoT-7B-unet.safetensors",
                                                             "weight_dtype": "default"}},
              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
