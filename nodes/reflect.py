@@ -124,22 +124,21 @@ class GoTReflectNode(io.ComfyNode):
                 reflection: ReflectionState | None = None) -> io.NodeOutput:
         for name, value in (("threshold", threshold), ("plan_weight", plan_weight)):
             check_widget_number("GoT Reflect", name, value, *FRACTION)
-        bar = comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id)
-        judge = judge_of(vlm, plan_weight, bar)
         if (image is None) == (reflection is None):
             raise JudgeInputError("GoT Reflect: connect either `image` (the first round: the image to correct) or "
                                   "`reflection` (a further round: the previous GoT Reflection Round), not "
                                   f"{'both' if image is not None else 'neither'}")
-        if reflection is None:
-            start = one_image(image, "GoT Reflect's image")
+        if reflection is not None and prompt.strip() and prompt != reflection.prompt:
+            raise JudgeInputError("GoT Reflect: a further round is judged by the first round's prompt; leave this "
+                                  "prompt empty (or give the same one)")
+        start = one_image(image, "GoT Reflect's image") if image is not None else None
+        judge = judge_of(vlm, plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))  # loads it
+        if start is not None:
             pixels = pil_batch(start)
             (score,) = reason_or_interrupt(lambda: judge.score(pixels, prompt, [chain] if chain is not None else None))
             round_0 = ReflectionRound(0, pixels[0], chain.reasoning if chain is not None else None, score, None)
             state = ReflectionState(Reflection((round_0,)), (start,), prompt, threshold, plan_weight)
         else:
-            if prompt.strip() and prompt != reflection.prompt:
-                raise JudgeInputError("GoT Reflect: a further round is judged by the first round's prompt; leave "
-                                      "this prompt empty (or give the same one)")
             state = replace(reflection, threshold=threshold, plan_weight=plan_weight)
         if not state.correction:
             latest = state.reflection.latest.image
