@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from comfy_api.latest import io, ui
+from PIL import Image
 
 import comfy.utils
 
@@ -47,10 +48,12 @@ class ReflectionState:
     def wants_edit(self) -> bool:
         return self.reflection.needs_correction(self.threshold)
 
-    def then(self, image: torch.Tensor, chain: ReasonedChain | None, score: CandidateScore) -> ReflectionState:
-        """One more round: `image`, GoT's edit of the latest round with the correction."""
+    def then(self, image: torch.Tensor, view: Image.Image, chain: ReasonedChain | None,
+             score: CandidateScore) -> ReflectionState:
+        """One more round: `image` (`view`: as the judge saw it), GoT's edit of the latest round with the
+        correction."""
         reasoning = chain.reasoning if chain is not None else None
-        reflection = self.reflection.then(pil_batch(image)[0], reasoning, score, self.correction)
+        reflection = self.reflection.then(view, reasoning, score, self.correction)
         return replace(self, reflection=reflection, images=(*self.images, image), correction="")
 
     def report(self) -> str:
@@ -200,9 +203,10 @@ class GoTReflectionRoundNode(io.ComfyNode):
                                       "connect the VAE Decode of GoT's edit with the Reflect's correction")
             edit = one_image(edited, "GoT Reflection Round's edited")
             judge = judge_of(vlm, state.plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))
-            (score,) = reason_or_interrupt(lambda: judge.score(pil_batch(edit), state.prompt,
+            (view,) = pil_batch(edit)
+            (score,) = reason_or_interrupt(lambda: judge.score([view], state.prompt,
                                                                [chain] if chain is not None else None))
-            state = state.then(edit, chain, score)
+            state = state.then(edit, view, chain, score)
         rounds = state.reflection.rounds
         best = state.reflection.best.index
         chart = score_chart([r.score.score for r in rounds], best, [f"{r.score.score:.2f}" for r in rounds])
