@@ -15,6 +15,7 @@ import comfy.model_management
 
 from ..got_backend.reasoning.prompts import PromptError
 from ..got_backend.thinking import MARKER, Thought, think
+from ..got_backend.thinking.thinker import check_thinking_prompt
 from ..got_backend.thinking.revision import MAX_REVISION_CHARS
 from .comfy_bridge import check_widget_number, comfy_image
 from .model_management import ManagedVLM
@@ -70,16 +71,18 @@ class GoTPromptThinker(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, prompt: str | None = None) -> bool | str:
         """At queue time: a non-empty prompt (a prompt from another node is checked when run)."""
-        if prompt is not None and not prompt.strip():
-            return "the prompt to think about is empty: write the prompt (or the edit instruction)"
+        try:
+            if prompt is not None:
+                check_thinking_prompt(prompt)
+        except PromptError as err:
+            return str(err)
         return True
 
     @classmethod
     def execute(cls, vlm: ManagedVLM, prompt: str, max_new_tokens: int, sampling: bool, seed: int,
                 temperature: float, top_p: float, max_revision_chars: int,
                 image: torch.Tensor | None = None) -> io.NodeOutput:
-        if not prompt.strip():
-            raise PromptError("the prompt to think about is empty: write the prompt (or the edit instruction)")
+        check_thinking_prompt(prompt)  # before loading, like the numbers
         settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p, NODE)  # before loading
         check_widget_number(NODE, "max_revision_chars", max_revision_chars, *REVISION_RANGE, integer=True)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)

@@ -36,6 +36,12 @@ class Thought:
     stats: ReasoningStats | None
 
 
+def check_thinking_prompt(prompt: str) -> None:
+    """A prompt the thinker can think about: not empty."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise PromptError("the prompt to think about is empty: write the prompt (or the edit instruction)")
+
+
 def think(chat: ChatModel, prompt: str, image: ImageInput | None = None, *,
           settings: ReasoningSettings = ReasoningSettings(), max_revision_chars: int = MAX_REVISION_CHARS,
           on_token: Callable[[TokenEvent], None] | None = None,
@@ -43,8 +49,7 @@ def think(chat: ChatModel, prompt: str, image: ImageInput | None = None, *,
     """Reason about `prompt` (an edit instruction for `image` when one is given) and read the revised prompt
     from the answer (`read_revision`). Greedy with up to 1024 new tokens unless `settings` (or `changes` to its
     fields) say otherwise; `on_token` and `should_cancel` (raises ReasoningCancelled) as in `ChatModel.generate`."""
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise PromptError("the prompt to think about is empty: write the prompt (or the edit instruction)")
+    check_thinking_prompt(prompt)
     if not isinstance(max_revision_chars, int) or max_revision_chars < 1:
         raise PromptError(f"max_revision_chars must be a positive integer, got {max_revision_chars!r}")
     settings = replace(settings, **changes) if changes else settings
