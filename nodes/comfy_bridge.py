@@ -64,6 +64,17 @@ def check_widget_number(node: str, name: str, value: object, low: float, high: f
                                f"widget's range): set it in that range, or fix the node linked to {name}")
 
 
+def queue_time_check(check: Callable[[object], object], value: object | None) -> bool | str:
+    """A validate_inputs answer for one typed value: True, or the message of the GoTError `check` raises. None is
+    a value from a link, checked when the node runs."""
+    try:
+        if value is not None:
+            check(value)
+    except GoTError as err:
+        return str(err)
+    return True
+
+
 def choice_error(name: str, value: object, allowed: Sequence[str]) -> str | None:
     """Why `value` is not one of a Combo's choices (None when it is). ComfyUI 0.3.64 does not check a V3 Combo's
     value, so a workflow file could name anything."""

@@ -25,14 +25,13 @@ from PIL import Image, ImageDraw
 import comfy.model_management
 import comfy.utils
 
-from ..got_backend.errors import GoTError
 from ..got_backend.images import to_uint8_pil
 from ..got_backend.judge import CandidateScore, Judge, JudgeInputError, ParmSettings
 from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking
 from ..got_backend.judge.candidates import check_candidates, describe_candidate
 from ..got_backend.reasoning.sampling import LogitsProcessor
-from .comfy_bridge import check_widget_number
+from .comfy_bridge import check_widget_number, queue_time_check
 from .guider import GoTGuider, GoTGuiderNode
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -250,12 +249,7 @@ class GoTPARMGuiderNode(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, checks: str | None = None) -> bool | str:
         """At queue time: check points PARM can use (checks from another node are checked when run)."""
-        try:
-            if checks is not None:
-                ParmSettings(checks=parse_checks(checks))
-        except GoTError as err:
-            return str(err)
-        return True
+        return queue_time_check(lambda text: ParmSettings(checks=parse_checks(text)), checks)
 
     @classmethod
     def execute(cls, model, branches, a_t: float, a_s: float, a_r: float, vlm: ManagedVLM, vae, prompt: str,

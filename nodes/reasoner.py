@@ -25,7 +25,7 @@ from ..got_backend.reasoning.prompts import PromptError, check_prompt, instructi
 from ..got_backend.reasoning.sampling import ReasoningSettings
 from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
 from .chain import check_plan
-from .comfy_bridge import check_widget_number, comfy_image, show_on_node
+from .comfy_bridge import check_widget_number, comfy_image, queue_time_check, show_on_node
 from .model_management import ManagedMLLM
 from .types import ChainSocket, MLLMSocket, ReasonedChain, chain_reasoning, reasoned_chain
 from ..got_backend.errors import GoTError
@@ -176,12 +176,7 @@ class GoTReasoner(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, prompt: str | None = None) -> bool | str:
         """At queue time: a usable prompt (a prompt from another node is checked when run)."""
-        try:
-            if prompt is not None:
-                check_prompt(prompt)
-        except GoTError as err:
-            return str(err)
-        return True
+        return queue_time_check(check_prompt, prompt)
 
     @classmethod
     def execute(cls, mllm: ManagedMLLM, prompt: str, task: str, max_new_tokens: int, sampling: bool, seed: int,

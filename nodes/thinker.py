@@ -13,11 +13,10 @@ from comfy_api.latest import io, ui
 
 import comfy.model_management
 
-from ..got_backend.reasoning.prompts import PromptError
 from ..got_backend.thinking import MARKER, Thought, think
 from ..got_backend.thinking.thinker import check_thinking_prompt
 from ..got_backend.thinking.revision import MAX_REVISION_CHARS
-from .comfy_bridge import check_widget_number, comfy_image
+from .comfy_bridge import check_widget_number, comfy_image, queue_time_check
 from .model_management import ManagedVLM
 from .reasoner import ChainStream, reason_or_interrupt, reasoning_settings, sampling_inputs
 from .types import VLMSocket
@@ -71,12 +70,7 @@ class GoTPromptThinker(io.ComfyNode):
     @classmethod
     def validate_inputs(cls, prompt: str | None = None) -> bool | str:
         """At queue time: a non-empty prompt (a prompt from another node is checked when run)."""
-        try:
-            if prompt is not None:
-                check_thinking_prompt(prompt)
-        except PromptError as err:
-            return str(err)
-        return True
+        return queue_time_check(check_thinking_prompt, prompt)
 
     @classmethod
     def execute(cls, vlm: ManagedVLM, prompt: str, max_new_tokens: int, sampling: bool, seed: int,
