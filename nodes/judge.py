@@ -28,7 +28,7 @@ import comfy.utils
 from ..got_backend.images import to_uint8_pil
 from ..got_backend.judge import CandidateScore, Judge, JudgeInputError, ParmSettings
 from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
-from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking
+from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking, score_labels
 from ..got_backend.judge.candidates import check_candidates, describe_candidate
 from ..got_backend.reasoning.sampling import LogitsProcessor
 from .comfy_bridge import check_widget_number, queue_time_check
@@ -61,8 +61,10 @@ def judge_of(vlm: ManagedVLM, plan_weight: float, bar: comfy.utils.ProgressBar |
                  should_cancel=comfy.model_management.processing_interrupted)
 
 
-def score_chart(scores: list[float | None], best: int, notes: list[str]) -> torch.Tensor:
-    """[1, H, W, 3] in [0, 1]: one bar per candidate (height = score, the best in green, stopped ones grey)."""
+def score_chart(scores: list[float | None], best: int) -> torch.Tensor:
+    """[1, H, W, 3] in [0, 1]: one bar per candidate (height = score, the best in green, stopped ones grey),
+    labelled with its score (enough digits to rank them) and rank."""
+    notes = score_labels(scores)
     width, height = CHART_SIZE
     chart = Image.new("RGB", CHART_SIZE, (30, 30, 33))
     draw = ImageDraw.Draw(chart)
@@ -206,15 +208,14 @@ class GoTJudgeNode(io.ComfyNode):
         for index, score in zip(live, judged):
             scores[index] = score
         best = live[ranking([s.score for s in judged])[0]]
-        lines, notes = [], []
+        lines = []
         for index, score in enumerate(scores):
             track = run.control.tracks[index] if run is not None else None
             lines.append(describe_candidate(index, best, score, track.stopped_at if track else None,
                                             track.potential if track else None))
-            notes.append(f"{score.score:.2f}" if score is not None else "stop")
         text = "\n".join(lines)
         return io.NodeOutput(images[best:best + 1], best, text, score_chart(
-            [s.score if s is not None else None for s in scores], best, notes), ui=ui.PreviewText(text))
+            [s.score if s is not None else None for s in scores], best), ui=ui.PreviewText(text))
 
 
 class GoTPARMGuiderNode(io.ComfyNode):

@@ -209,7 +209,7 @@ class GoTReflectionRoundNode(io.ComfyNode):
             state = state.then(edit, view, chain, score)
         rounds = state.reflection.rounds
         best = state.reflection.best.index
-        chart = score_chart([r.score.score for r in rounds], best, [f"{r.score.score:.2f}" for r in rounds])
+        chart = score_chart([r.score.score for r in rounds], best)
         report = state.report()
         return io.NodeOutput(state.images[best], state, report, round_images(state.images), chart,
                              ui=ui.PreviewText(report))

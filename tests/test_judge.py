@@ -16,7 +16,7 @@ from got_backend.judge import (JudgeInputError, Judge, ParmSettings, ReflectionR
                                parm_best_of_n, reflect)
 from got_backend.judge.candidates import check_candidates
 from got_backend.judge.parm import ParmControl, parse_checks
-from got_backend.judge.scores import combined_score, object_crops, ranking, yes_probability
+from got_backend.judge.scores import combined_score, object_crops, ranking, score_labels, yes_probability
 from got_backend.pipeline import GoTPipeline, Progress, ReasoningSettings, RenderSettings
 from got_backend.reasoning.prompts import condition_image
 from got_backend.ssgm.chain import parse_chain
@@ -205,3 +205,12 @@ def test_bad_inputs_are_clear_errors(pipeline: GoTPipeline, chat: ChatModel) -> 
         ParmSettings(checks=(0.4, 1.2))
     with pytest.raises(JudgeInputError, match="numbers from 0 to 1"):
         parse_checks("0.2, forty")
+
+
+def test_score_labels_tell_close_scores_apart_and_rank_them() -> None:
+    # the report's case: 0.478 .. 0.482 all read "0.48" with two decimals
+    assert score_labels([0.4801, 0.4821, None, 0.4783]) == ["0.480 #2", "0.482 #1", "stop", "0.478 #3"]
+    assert score_labels([0.9, 0.25]) == ["0.90 #1", "0.25 #2"]
+    assert score_labels([0.48211, 0.48214]) == ["0.48211 #2", "0.48214 #1"]
+    assert score_labels([0.5, 0.5]) == ["0.50 #1", "0.50 #2"]  # a tie goes to the lower index, as in ranking
+    assert score_labels([None]) == ["stop"]

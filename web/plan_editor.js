@@ -1,13 +1,13 @@
 // The GoT Plan Editor on the node: the plan's boxes on a canvas (over the source image for an edit) and a list
-// of its objects, both editable; and the Reasoner's streamed chain shown as prose. Every edit writes the
+// of its objects, both editable. Every edit writes the
 // canonical chain text into the node's `plan` widget (plan_geometry.js, the one definition of the geometry),
 // so the backend reads the edit with the parser it already has. nodes/plan_editor.py is the node.
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
 import * as geo from "./plan_geometry.js";
+import { element, hideWidget, keepEvents } from "./node_dom.js";
 
 const EDITOR_NODE = "GoTPlanEditor";
-const REASONER_NODES = ["GoTReasoner", "GoTNextTurn"];
 const HIDDEN_WIDGETS = ["plan", "edited_from"];
 const MODEL_CHAIN = "got_model_chain"; // node property: the model's last chain (kept with the workflow)
 const CANVAS_SIZE = "got_canvas_size";
@@ -30,35 +30,7 @@ const CSS = `
 .got-plan-row .color { width: 80px; }
 .got-plan-row .box { font-family: monospace; white-space: nowrap; }
 .got-plan-swatch { width: 10px; height: 10px; border: 1px solid #999; flex: 0 0 auto; }
-.got-prose { font: 12px sans-serif; color: #ddd; overflow-y: auto; height: 100%; white-space: pre-wrap;
-  box-sizing: border-box; padding: 2px; }
-.got-prose .phrase { font-weight: bold; }
-.got-prose .tag { font: 10px monospace; color: #aaa; border: 1px solid #666; border-radius: 3px;
-  padding: 0 2px; margin-left: 2px; }
 `;
-
-function element(tag, attributes = {}, ...children) {
-  const el = document.createElement(tag);
-  Object.assign(el, attributes);
-  el.append(...children);
-  return el;
-}
-
-function hideWidget(widget) {
-  widget.hidden = true;
-  widget.options = { ...(widget.options ?? {}), hidden: true };
-  widget.computeSize = () => [0, -4]; // older frontends size hidden widgets by computeSize
-  if (widget.element) widget.element.style.display = "none";
-}
-
-// Keys and pointer events inside the editor are the editor's, not the graph canvas's (Delete must not delete
-// the node, a drag must not move it).
-function keepEvents(el) {
-  for (const type of ["pointerdown", "pointermove", "pointerup", "wheel", "keydown", "keyup", "contextmenu",
-    "mousedown", "mouseup", "click", "dblclick"]) {
-    el.addEventListener(type, (event) => event.stopPropagation());
-  }
-}
 
 class PlanEditor {
   constructor(node) {
@@ -360,48 +332,10 @@ class PlanEditor {
   }
 }
 
-// The Reasoner's chain as prose: each object's phrase in its colour with its box as a small tag.
-function renderProse(target, text) {
-  const pieces = geo.prose(text).map((piece) => {
-    if (piece.text !== undefined) return document.createTextNode(piece.text);
-    if (piece.pending) return element("span", { className: "tag", textContent: "…" });
-    const { phrase, box, color } = piece.object;
-    const name = element("span", { className: "phrase", textContent: phrase ?? `object ${piece.index + 1}` });
-    name.style.color = color ?? "#bfbfbf";
-    const tag = element("span", { className: "tag", textContent: `${piece.index + 1}: ${box.join(",")}` });
-    return element("span", {}, name, tag);
-  });
-  target.replaceChildren(...pieces);
-}
-
-function proseWidget(node) {
-  if (!node.gotProse) {
-    const view = element("div", { className: "got-prose" });
-    keepEvents(view);
-    node.addDOMWidget("plan_prose", "got_plan_prose", view, { serialize: false, getValue: () => "",
-      setValue: () => {}, getMinHeight: () => 120 });
-    node.gotProse = view;
-  }
-  return node.gotProse;
-}
-
-// The frontend's own progress-text preview shows the raw tokens: the prose replaces it on GoT's reasoners.
-function showProse(node, text) {
-  renderProse(proseWidget(node), text);
-  for (const widget of node.widgets ?? []) {
-    if (widget.name === "$$node-text-preview") hideWidget(widget);
-  }
-  node.setDirtyCanvas?.(true, true);
-}
-
 app.registerExtension({
   name: "comfyui-got.PlanEditor",
   async setup() {
     document.head.append(element("style", { textContent: CSS }));
-    api.addEventListener("progress_text", ({ detail }) => {
-      const node = app.graph?.getNodeById(detail.nodeId);
-      if (node && REASONER_NODES.includes(node.comfyClass)) queueMicrotask(() => showProse(node, detail.text));
-    });
   },
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData.name === EDITOR_NODE) {
@@ -422,15 +356,6 @@ app.registerExtension({
         const result = executed?.apply(this, arguments);
         const [message] = output?.got_plan ?? [];
         if (message) this.gotPlanEditor?.received(message);
-        return result;
-      };
-    }
-    if (REASONER_NODES.includes(nodeData.name)) {
-      const executed = nodeType.prototype.onExecuted;
-      nodeType.prototype.onExecuted = function (output) {
-        const result = executed?.apply(this, arguments);
-        const [text] = output?.text ?? [];
-        if (typeof text === "string") showProse(this, text);
         return result;
       };
     }

@@ -66,3 +66,16 @@ def combined_score(outcome: float, plan: float | None, plan_weight: float) -> fl
 def ranking(scores: Sequence[float]) -> list[int]:
     """Candidate indices best first; equal scores keep index order (the lower index wins a tie)."""
     return sorted(range(len(scores)), key=lambda index: (-scores[index], index))
+
+
+def score_labels(scores: Sequence[float | None], most_digits: int = 6) -> list[str]:
+    """`0.482 #1` per score (`stop` for a candidate stopped before judging): with as many decimals (2 at least)
+    as it takes to tell different scores apart, and the rank (1 is the best; equal scores share the lower
+    index's order, as `ranking` does)."""
+    judged = [index for index, score in enumerate(scores) if score is not None]
+    values = [scores[index] for index in judged]
+    digits = next((d for d in range(2, most_digits + 1)
+                   if len({f"{v:.{d}f}" for v in values}) == len(set(values))), most_digits)
+    rank = {judged[position]: place + 1 for place, position in enumerate(ranking(values))}
+    return [f"{score:.{digits}f} #{rank[index]}" if score is not None else "stop"
+            for index, score in enumerate(scores)]

@@ -149,7 +149,7 @@ def test_drag_a_box_of_the_reasoners_plan_and_rerender(comfyui_server, chromium_
     first = comfyui_server.wait(first_id)
     assert first["status"]["status_str"] == "success", comfyui_server.execution_error(first)
     assert ui.canvas.get_attribute("data-objects") == "2"
-    prose = ui.page.locator(".got-prose").first.text_content()  # the Reasoner's chain, read as prose
+    prose = ui.page.locator("[data-got-result=prose]").first.text_content()  # the Reasoner's chain, read as prose
     assert "red apple" in prose and "green pear" in prose and "<|" not in prose
     before_shot = ui.shot("1_plan_from_the_reasoner")
 
