@@ -1,19 +1,21 @@
 // Every text a GoT node computes, shown on that node (web/node_text.js says which): the judge's scores, the
 // reflection's correction, the rounds' report, the thinker's revision, the parser's boxes as plain text, the
 // Reasoner's chain as prose (each object's phrase in its colour, its box as a small tag) while it streams.
-// A DOM widget, not serialized, so saved workflows keep their widget values.
+// Plain text goes into a read-only core multiline text widget, which every frontend draws in the classic canvas
+// and in Nodes 2.0 (1.27's Vue nodes draw no extension DOM widget); the prose is a DOM widget. Neither is
+// serialized, so saved workflows keep their widget values.
 import { api } from "../../scripts/api.js";
 import { app } from "../../scripts/app.js";
+import { ComfyWidgets } from "../../scripts/widgets.js";
 import * as geo from "./plan_geometry.js";
 import { element, hideWidget, keepEvents } from "./node_dom.js";
 import { shownText, textKind } from "./node_text.js";
 
 const CSS = `
-.got-result { font: 12px sans-serif; color: #ddd; overflow-y: auto; height: 100%; white-space: pre-wrap;
+.got-prose { font: 12px sans-serif; color: #ddd; overflow-y: auto; height: 100%; white-space: pre-wrap;
   box-sizing: border-box; padding: 2px; user-select: text; }
-.got-result.plain { font: 11px monospace; }
-.got-result .phrase { font-weight: bold; }
-.got-result .tag { font: 10px monospace; color: #aaa; border: 1px solid #666; border-radius: 3px;
+.got-prose .phrase { font-weight: bold; }
+.got-prose .tag { font: 10px monospace; color: #aaa; border: 1px solid #666; border-radius: 3px;
   padding: 0 2px; margin-left: 2px; }
 `;
 
@@ -30,24 +32,43 @@ function renderProse(target, text) {
   target.replaceChildren(...pieces);
 }
 
-function resultView(node, kind) {
-  if (!node.gotResult) {
-    const view = element("div", { className: `got-result ${kind === "prose" ? "prose" : "plain"}` });
-    view.dataset.gotResult = kind;
+const RESULT_WIDGET = "got_result";
+
+function unserialized(widget) {
+  widget.serialize = false;
+  widget.options = { ...(widget.options ?? {}), serialize: false };
+  return widget;
+}
+
+function proseView(node) {
+  if (!node.gotProse) {
+    const view = element("div", { className: "got-prose" });
+    view.dataset.gotResult = "prose";
     keepEvents(view);
-    const widget = node.addDOMWidget("got_result", "got_result", view, { serialize: false, getValue: () => "",
-      setValue: () => {}, getMinHeight: () => 120 });
-    widget.serialize = false;
-    node.gotResult = view;
+    unserialized(node.addDOMWidget(RESULT_WIDGET, "got_prose", view, { serialize: false, getValue: () => "",
+      setValue: () => {}, getMinHeight: () => 120 }));
+    node.gotProse = view;
   }
-  return node.gotResult;
+  return node.gotProse;
+}
+
+function textWidget(node) {
+  let widget = node.widgets?.find((w) => w.name === RESULT_WIDGET);
+  if (!widget) {
+    widget = unserialized(ComfyWidgets.STRING(node, RESULT_WIDGET, ["STRING", { multiline: true }], app).widget);
+    if (widget.inputEl) {
+      widget.inputEl.readOnly = true;
+      widget.inputEl.dataset.gotResult = "text";
+    }
+    widget.options.read_only = true;
+  }
+  return widget;
 }
 
 // The frontend's own progress-text preview shows the raw tokens: the view replaces it on GoT's nodes.
 function show(node, kind, text) {
-  const view = resultView(node, kind);
-  if (kind === "prose") renderProse(view, text);
-  else view.textContent = text;
+  if (kind === "prose") renderProse(proseView(node), text);
+  else textWidget(node).value = text;
   for (const widget of node.widgets ?? []) {
     if (widget.name === "$$node-text-preview") hideWidget(widget);
   }

@@ -22,6 +22,7 @@ Fixtures (session-scoped; reuse them in any test under tests/comfyui/):
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -244,9 +245,9 @@ def _write_model_paths(models_dir: Path, yaml_path: Path) -> None:
     yaml_path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="session")
-def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("comfyui_base")
+@contextlib.contextmanager
+def serving(comfyui_root: Path, tiny_models_dir: Path, base: Path, *extra_args: str):
+    """A ComfyUI server on the CPU with the pack and the tiny models (see the module docstring), until exit."""
     (base / "custom_nodes").mkdir()
     (base / "models" / "diffusion_models").mkdir(parents=True)  # ComfyUI's own default, for test-made files
     (base / "custom_nodes" / "comfyui-got").symlink_to(REPO, target_is_directory=True)
@@ -256,7 +257,7 @@ def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: 
     log_path = base / "comfyui.log"
     command = [comfyui_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
                "--base-directory", str(base), "--extra-model-paths-config", str(yaml_path),
-               "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+               "--database-url", "sqlite:///:memory:", "--disable-auto-launch", *extra_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=comfyui_root, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
@@ -282,6 +283,28 @@ def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=20)
+
+
+@pytest.fixture(scope="session")
+def comfyui_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    with serving(comfyui_root, tiny_models_dir, tmp_path_factory.mktemp("comfyui_base")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def newest_frontend_server(comfyui_root: Path, tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The same server with the newest frontend (PyPI's comfyui-frontend-package, unpacked into a folder named by
+    GOT_FRONTEND_ROOT: its `static` folder, or the folder holding the unpacked wheel), served with
+    --front-end-root; skipped loudly without one. .ci/run unpacks 1.58.1 and sets GOT_FRONTEND_ROOT."""
+    root = os.environ.get("GOT_FRONTEND_ROOT")
+    static = next((p for p in (Path(root) / "comfyui_frontend_package" / "static", Path(root))
+                   if (p / "index.html").is_file()), None) if root else None
+    if static is None:
+        loud_skip("newest-frontend browser test skipped: set GOT_FRONTEND_ROOT to an unpacked "
+                  "comfyui-frontend-package wheel (pip download comfyui-frontend-package==1.58.1 --no-deps, unzip)")
+    with serving(comfyui_root, tiny_models_dir, tmp_path_factory.mktemp("comfyui_base_newest"),
+                 "--front-end-root", str(static)) as server:
+        yield server
 
 
 # --- browser ---------------------------------------------------------------------------------------------------
