@@ -37,7 +37,7 @@ from .ssgm.chain import GoTChain, parse_chain
 from .ssgm.branches import Conditioning
 from .ssgm.decode import decode
 from .ssgm.denoise import DEFAULT_SEED, DEFAULT_STEPS, StepCallback, check_steps, denoise
-from .ssgm.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales
+from .ssgm.guidance import EDIT_SCALES, T2I_SCALES, GuidanceScales, check_scales
 from .ssgm.latents import reference_latent, spatial_latent, vae_mode_encoder
 from .ssgm.sizes import check_output_size, source_aspect_size
 from .reasoning.mllm import GoTMLLM
@@ -74,6 +74,8 @@ class RenderSettings:
     def __post_init__(self) -> None:
         check_output_size(self.width, self.height)
         check_steps(self.steps)
+        if self.scales is not None:
+            check_scales(GuidanceScales(*self.scales))
 
     def scales_for(self, task: Task) -> GuidanceScales:
         return self.scales or (EDIT_SCALES if task == "edit" else T2I_SCALES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,12 @@ def test_bad_inputs_are_reported_not_raised(tmp_path: Path, tiny_models_dir: Pat
     assert generate("--prompt", "x", "--models", tiny_models_dir, "--out", tmp_path / "o.png", *SMALL,
                     "--steps", "0") == 2
     assert "from 1 to 999" in capsys.readouterr().err
+    started = time.monotonic()  # a NaN scale is refused before anything loads, not after the render
+    assert generate("--prompt", "x", "--models", tiny_models_dir, "--out", tmp_path / "o.png", *SMALL,
+                    "--scales", "7.5", "nan", "1") == 2
+    err = capsys.readouterr().err
+    assert "a_s is nan" in err and "finite number" in err and "loaded GoT" not in err
+    assert time.monotonic() - started < 5 and not (tmp_path / "o.png").exists()
 
 
 def test_smoke_runs_the_whole_path_on_fresh_tiny_models(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

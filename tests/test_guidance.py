@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from got_backend.ssgm.guidance import (BRANCH_INPUTS, BRANCHES, EDIT_SCALES, T2I_SCALES, GuidanceError, branch_weights,
-                                  combine_branches, combine_got_cfg, needed_branches)
+from got_backend.ssgm.guidance import (BRANCH_INPUTS, BRANCHES, EDIT_SCALES, T2I_SCALES, GuidanceError, GuidanceScales,
+                                  branch_weights, combine_branches, combine_got_cfg, needed_branches)
 
 
 def random_eps(seed: int, shape: tuple = (2, 4, 8, 8), dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -74,3 +74,12 @@ def test_branch_inputs_table() -> None:
     assert table == {"C": ("c", True, True), "T": ("c", True, False), "I": ("c0", True, False),
                      "U": ("c0", False, False)}
     assert tuple(BRANCH_INPUTS) == BRANCHES
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), "7.5", None])
+def test_render_settings_refuse_a_scale_that_is_not_a_finite_number(bad) -> None:
+    from got_backend.pipeline import RenderSettings
+
+    with pytest.raises(GuidanceError, match=r"a_r is .* must be a finite number"):
+        RenderSettings(width=64, height=64, scales=GuidanceScales(7.5, 4.0, bad))
+    assert RenderSettings(width=64, height=64, scales=GuidanceScales(-30, 0, 30)).scales == (-30, 0, 30)

@@ -61,3 +61,26 @@ def test_the_written_chain_holds_no_image_query_tokens(pipeline: GoTPipeline) ->
     assert result.text.count("<|im_gen_0000|>") == 1  # what the model wrote
     assert not any(token in result.chain_text for token in IMAGE_QUERY_TOKENS)
     assert result.chain_text.startswith(CHAIN)
+
+
+def test_the_readme_goes_in_the_order_a_newcomer_installs() -> None:
+    readme = (REPO / "README.md").read_text()
+    steps = ["### 1. Install the pack", "### 2. Download the models", "### 3. Convert once", "### 4. Open a template"]
+    where = [readme.find(step) for step in steps]
+    assert -1 not in where and where == sorted(where), dict(zip(steps, where))
+    install, download, convert, template = (readme[a:b] for a, b in zip(where, [*where[1:], len(readme)]))
+    # which python installs the requirements: ComfyUI's venv, the portable build's embedded one, the Desktop's
+    for python in ("venv/bin/python -m pip", "python_embeded\\python.exe -m pip", "ComfyUI Desktop",
+                   ".venv\\Scripts\\python.exe -m pip"):
+        assert python in install, python
+    assert "never installs or changes\ntorch" in install or "never installs or changes torch" in install
+    assert "mkdir ComfyUI/models/LLM" in download and "`models/LLM/GoT-6B/`" in download
+    assert "No SDXL VAE download is needed" in download and "GoT-6B-vae.safetensors" in download
+    assert "python -m got_backend.convert --release ../../models/LLM/GoT-6B" in convert
+    assert "GoT text-to-image" in template
+    # the converter writes the VAE the templates load
+    from got_backend.convert import OutputPaths
+
+    assert OutputPaths.under(Path("models"), "GoT-6B").vae == Path("models/vae/GoT-6B-vae.safetensors")
+    for name in ("GoT text-to-image", "GoT image editing"):
+        assert "GoT-6B-vae.safetensors" in (REPO / "workflows" / f"{name}.json").read_text()

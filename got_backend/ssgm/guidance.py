@@ -9,6 +9,7 @@ UNet work.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -49,6 +50,16 @@ BRANCH_INPUTS = {
 
 class GuidanceError(GoTError):
     """Branch predictions that do not fit the guidance asked for."""
+
+
+def check_scales(scales: GuidanceScales) -> GuidanceScales:
+    """`scales` as three finite numbers (a NaN or infinite scale would make every latent NaN, found only after
+    the whole render)."""
+    for name, value in zip(("a_t", "a_s", "a_r"), scales):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise GuidanceError(f"the guidance scale {name} is {value!r}, but it must be a finite number (GoT's "
+                                f"text-to-image scales are {tuple(T2I_SCALES)}, its edit scales {tuple(EDIT_SCALES)})")
+    return scales
 
 
 def combine_got_cfg(eps_c: torch.Tensor, eps_t: torch.Tensor, eps_i: torch.Tensor, eps_u: torch.Tensor,
