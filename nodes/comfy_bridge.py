@@ -9,6 +9,7 @@ widget and the VAE encode callable.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 
@@ -40,10 +41,26 @@ def show_on_node(node_id: str | None, text: str) -> None:
         PromptServer.instance.send_progress_text(text, node_id)
 
 
+@contextlib.contextmanager
+def cancellable_forward(model: torch.nn.Module):
+    """Cancel checked before every layer of `model` while inside: one VAE encode of GoT's canvases at 1024x1024
+    takes seconds on a CPU, so a check between calls alone is too coarse."""
+    def check(_module, _args) -> None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    handles = [module.register_forward_pre_hook(check) for module in model.modules()]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def vae_encode_fn(vae) -> Callable[[torch.Tensor], torch.Tensor]:
     """got_backend.ssgm.latents' `encode` callable over a ComfyUI VAE: [B,3,H,W] in [-1,1] -> unscaled mode latent."""
     def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return vae.encode(((pixels + 1.0) / 2.0).movedim(1, -1))
+        with cancellable_forward(vae.first_stage_model):
+            return vae.encode(((pixels + 1.0) / 2.0).movedim(1, -1))
     return encode
 
 

@@ -91,7 +91,7 @@ def linked(graph: dict, node: str, name: str, value, kind: str = "PrimitiveFloat
 
 # --- (1) bounded work, Cancel ----------------------------------------------------------------------------------
 
-def test_bounded_work_fails_in_seconds_and_cancel_lands_within_a_batch(comfyui_server):
+def test_bounded_work_fails_in_seconds_and_cancel_lands_within_two_seconds(comfyui_server):
     from tests.comfyui.test_workflows import Listener
 
     server = comfyui_server
@@ -123,7 +123,7 @@ def test_bounded_work_fails_in_seconds_and_cancel_lands_within_a_batch(comfyui_s
     print(f"\n[cancel] the SSGM Conditioner stopped {stopped:.2f} s after POST /interrupt (one batch of four "
           f"canvases took up to {batch:.2f} s on this machine)")
     assert "execution_interrupted" in [kind for kind, _ in entry["status"]["messages"]], entry["status"]
-    assert stopped < max(2.0, 2 * batch)  # Cancel lands at the next batch (the running one ends), not after 64
+    assert stopped < 2.0  # Cancel lands inside the running VAE encode (a check before each layer), not after 64
     assert server.get("/queue")[1] == {"queue_running": [], "queue_pending": []}
     # The same chain from a link is checked when the Reasoner runs (the loader is cached by now).
     fails(server, linked(t2i(), "2", "chain_start", many_boxes(10_000), "PrimitiveStringMultiline"), "GoTReasoner",
