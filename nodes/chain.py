@@ -10,36 +10,28 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..got_backend.ssgm.chain import ChainError, GoTChain, check_box_count
-from ..got_backend.ssgm.layout import color_rgb
-from .comfy_bridge import show_on_node
-from .types import ChainSocket, ReasonedChain, reasoned_chain
+from ..got_backend.ssgm.chain import ChainError, GoTChain
+from ..got_backend.ssgm.typed_plan import NO_OBJECTS, check_plan_objects, read_typed_plan
+from .comfy_bridge import queue_time_check, show_on_node
+from .types import ChainSocket, ReasonedChain, typed_chain
 
 
 def edited_chain(text: str, chain: ReasonedChain | None) -> ReasonedChain:
-    """The chain this node passes on: the connected one when `text` is empty or the same, else `text` read
-    strictly (a malformed box is a ChainError giving its position), tied to the connected chain's reasoning."""
+    """The chain this node passes on: the connected one when `text` is empty or the same, else `text` read and
+    checked as a typed plan (a mistake is a ChainError saying where), tied to the connected chain's reasoning."""
     if not text.strip():
         if chain is None:
             raise ChainError("there is no chain: write one in the text box, or connect a GoT Reasoner's chain")
         return chain
     if chain is not None and text.strip() == chain.text.strip():
         return chain
-    return reasoned_chain(text, getattr(chain, "reasoning", None), strict=True)
+    return typed_chain(text, getattr(chain, "reasoning", None))
 
 
-def check_colors(chain: GoTChain) -> None:
-    """Every colour must be a name PIL can draw (ChainError naming the object and its position otherwise)."""
-    for index, obj in enumerate(chain.objects):
-        if obj.color is not None:
-            color_rgb(obj, index)
-
-
-def check_plan(chain: GoTChain) -> None:
-    """A chain a person wrote, before anything is drawn or encoded from it: at most MAX_BOXES boxes, each in
-    a colour PIL can draw."""
-    check_box_count(chain)
-    check_colors(chain)
+def check_typed_text(text: str) -> None:
+    """A plan typed into a widget, at queue time (empty: the connected chain, checked when it arrives)."""
+    if text.strip():
+        read_typed_plan(text)
 
 
 def describe_boxes(chain: GoTChain) -> str:
@@ -54,7 +46,7 @@ def describe_boxes(chain: GoTChain) -> str:
             color += " (before the last <|im_end|>: not drawn)"
         lines.append(f"{number}. {phrase} ({x1},{y1})-({x2},{y2}) {color}{notes}")
     lines += [f"ignored at character {issue.position}: {issue.reason}" for issue in chain.issues]
-    return "\n".join(lines) if lines else "(no boxes)"
+    return "\n".join(lines) if lines else NO_OBJECTS
 
 
 class GoTChainParser(io.ComfyNode):
@@ -71,7 +63,9 @@ class GoTChainParser(io.ComfyNode):
                 io.String.Input("text", multiline=True, default="",
                                 tooltip="Empty: use the connected chain. Otherwise the chain to render, e.g. "
                                         "A <|object_ref_start|>red ball<|object_ref_end|><|box_start|>(100,500),"
-                                        "(400,900)<|box_end|> (red) ... ending with <|im_gen_start|>. Boxes are "
+                                        "(400,900)<|box_end|> (red) ... ending with <|im_gen_start|> (or "
+                                        "<|vision_start|> for a multi-turn edit), nothing after it; checked when "
+                                        "you queue. Boxes are "
                                         "(x1,y1),(x2,y2) on a 0..1000 grid of the image; colours are one-word "
                                         "colour names (red, lightblue, gold)."),
                 ChainSocket.Input("chain", optional=True,
@@ -90,9 +84,14 @@ class GoTChainParser(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, text: str | None = None) -> bool | str:
+        """At queue time: the typed plan (a text from another node is checked when run)."""
+        return queue_time_check(check_typed_text, text)
+
+    @classmethod
     def execute(cls, text: str, chain: ReasonedChain | None = None) -> io.NodeOutput:
         result = edited_chain(text, chain)
-        check_plan(result)
+        check_plan_objects(result)  # the connected chain too: it is drawn from here on
         boxes = describe_boxes(result)
         show_on_node(cls.hidden.unique_id, boxes)
         return io.NodeOutput(result, boxes, result.text, ui=ui.PreviewText(boxes))

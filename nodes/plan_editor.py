@@ -20,8 +20,9 @@ import torch
 from comfy_api.latest import io, ui
 
 from ..got_backend.ssgm.sizes import check_widget_size
-from .chain import check_colors, describe_boxes, edited_chain
-from .comfy_bridge import size_input
+from ..got_backend.ssgm.typed_plan import check_plan_objects
+from .chain import check_typed_text, describe_boxes, edited_chain
+from .comfy_bridge import queue_time_check, size_input
 from .types import ChainSocket, ReasonedChain
 
 MODEL_CHANGED = ("the model's plan changed since this edit (its prompt or input changed and it reasoned again); "
@@ -70,11 +71,16 @@ class GoTPlanEditor(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, plan: str | None = None) -> bool | str:
+        """At queue time: the edited plan the workflow holds (a plan from another node is checked when run)."""
+        return queue_time_check(check_typed_text, plan)
+
+    @classmethod
     def execute(cls, chain: ReasonedChain, plan: str, edited_from: str, width: int, height: int,
                 image: torch.Tensor | None = None) -> io.NodeOutput:
         check_widget_size("GoT Plan Editor", width, height, render=False)  # a linked size is checked too
         used = edited_chain(plan, chain)
-        check_colors(used)
+        check_plan_objects(used)
         model_changed = used is not chain and bool(edited_from) and edited_from != chain.text
         boxes = describe_boxes(used)
         if model_changed:

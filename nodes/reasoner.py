@@ -23,8 +23,8 @@ import comfy.utils
 
 from ..got_backend.reasoning.prompts import PromptError, check_prompt, instruction
 from ..got_backend.reasoning.sampling import ReasoningSettings
-from ..got_backend.reasoning.turns import Reasoning, ReasoningCancelled, TokenEvent
-from .chain import check_plan
+from ..got_backend.reasoning.turns import UNFINISHED_ADVICE, Reasoning, ReasoningCancelled, TokenEvent
+from ..got_backend.ssgm.typed_plan import read_typed_plan
 from .comfy_bridge import check_widget_number, comfy_image, queue_time_check, show_on_node
 from .model_management import ManagedMLLM
 from .types import ChainSocket, MLLMSocket, ReasonedChain, chain_reasoning, reasoned_chain
@@ -32,13 +32,6 @@ from ..got_backend.errors import GoTError
 
 TASKS = {"text-to-image": "t2i", "edit": "edit"}
 STREAM_INTERVAL = 0.1  # seconds between two updates of the streamed text
-STOP_NOTES = {
-    "max_tokens": "stopped at max_new_tokens before the chain was finished (no <|im_gen_start|>): raise "
-                  "max_new_tokens, or end the chain yourself in a GoT Chain Parser",
-    "vision_start": "the model asks to see the image (<|vision_start|>): continue with GoT Next Turn and the "
-                    "rendered image",
-    "endoftext": "the model ended the conversation (<|endoftext|>) without asking for an image",
-}
 
 
 class TaskImageError(GoTError):
@@ -48,7 +41,7 @@ class TaskImageError(GoTError):
 def check_chain_start(text: str) -> None:
     """The start of a chain the user typed, read as strictly as the Chain Parser reads an edited chain."""
     if text.strip():
-        check_plan(reasoned_chain(text, None, strict=True))
+        read_typed_plan(text, whole=False)
 
 
 class ChainStream:
@@ -70,7 +63,7 @@ class ChainStream:
 
     def finish(self, reasoning: Reasoning) -> None:
         self.bar.update_absolute(self.bar.total)
-        note = "" if reasoning.ready_for_image else f"\n\n[{STOP_NOTES[reasoning.stop]}]"
+        note = "" if reasoning.ready_for_image else f"\n\n[{UNFINISHED_ADVICE[reasoning.stop]}]"
         self.show(reasoning.text + note)
 
 

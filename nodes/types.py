@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from comfy_api.latest import io
 
 from ..got_backend.ssgm.chain import GoTChain, parse_chain
+from ..got_backend.ssgm.typed_plan import read_typed_plan
 from ..got_backend.reasoning.turns import Reasoning
 from ..got_backend.errors import GoTError
 
@@ -40,9 +41,22 @@ class ReasonedChain(GoTChain):
     reasoning: Reasoning | None = None
 
 
-def reasoned_chain(text: str, reasoning: Reasoning | None, *, strict: bool = False) -> ReasonedChain:
-    """`text` parsed (strict: a malformed box is a ChainError, for text a person typed) with its Reasoning."""
-    chain = parse_chain(text, strict=strict, drawn_after=reasoning.layout_breaks if reasoning else ())
+def reasoned_chain(text: str, reasoning: Reasoning | None) -> ReasonedChain:
+    """A model's chain `text` parsed, with its Reasoning."""
+    return _with_reasoning(parse_chain(text, drawn_after=_breaks(reasoning)), reasoning)
+
+
+def typed_chain(text: str, reasoning: Reasoning | None) -> ReasonedChain:
+    """A whole plan a person typed or edited, read and checked as got_backend's typed_plan reads it (a mistake is
+    a ChainError saying where), with the Reasoning it is read with."""
+    return _with_reasoning(read_typed_plan(text, drawn_after=_breaks(reasoning)), reasoning)
+
+
+def _breaks(reasoning: Reasoning | None) -> tuple[str, ...]:
+    return reasoning.layout_breaks if reasoning else ()
+
+
+def _with_reasoning(chain: GoTChain, reasoning: Reasoning | None) -> ReasonedChain:
     return ReasonedChain(chain.text, chain.objects, chain.issues, chain.drawn_after, reasoning)
 
 

@@ -103,7 +103,7 @@ def test_im_end_does_not_stop_reasoning(mllm: GoTMLLM) -> None:
 def test_token_limit_gives_a_clear_unfinished_result(mllm: GoTMLLM) -> None:
     result = mllm.reason(PROMPT, max_new_tokens=7, logits_processor=steer())
     assert result.stop == "max_tokens" and result.new_tokens == 7 and not result.ready_for_image
-    with pytest.raises(ChainNotReadyError, match="max_tokens"):
+    with pytest.raises(ChainNotReadyError, match="the model's chain does not .*: it stopped at max_new_tokens"):
         mllm.semantic_guidance(result)
 
 
@@ -221,9 +221,11 @@ def test_user_written_chain_for_an_edit(mllm: GoTMLLM, source: torch.Tensor) -> 
 
 def test_semantic_guidance_refuses_chains_without_im_gen_start(mllm: GoTMLLM) -> None:
     chain = mllm.reason(PROMPT, max_new_tokens=20, logits_processor=steer(4, mllm.tokens.boi))
-    with pytest.raises(ChainNotReadyError, match="end the edited chain with <\\|im_gen_start\\|>"):
+    with pytest.raises(ChainNotReadyError, match="the edited chain does not \\(it ends with 'A red ball.'\\): fix its "
+                                                 "text in the GoT Chain Parser or the GoT Plan Editor") as raised:
         mllm.semantic_guidance(chain, "A red ball.")
-    with pytest.raises(ChainNotReadyError):
+    assert "max_new_tokens" not in str(raised.value)  # the model's advice is wrong for an edited chain
+    with pytest.raises(ChainNotReadyError, match="the model's chain does not .*: it ended the conversation"):
         mllm.semantic_guidance(mllm.reason(PROMPT, max_new_tokens=20, logits_processor=steer(4, mllm.tokens.endoftext)))
     with pytest.raises(PromptError, match="chain text is empty"):
         mllm.semantic_guidance(chain, "  \n")

@@ -27,7 +27,7 @@ from .positions import image_runs
 from ..images import MissingImageError
 from .prompts import ImageInput, PromptError, Task, chat_sequence, condition_image, instruction
 from .turns import (ChainNotReadyError, ConversationError, Reasoning, ReasoningStats, StopReason, TokenEvent,
-                        generate_turn, turn_stats)
+                    generate_turn, not_ready_message, turn_stats)
 from .sampling import ReasoningSettings, SamplingSettings, TokenPicker
 from .semantic import IMAGE_QUERY_COUNT, SemanticGuidance, compute_semantic_guidance
 from .tokens import resolve_got_tokens
@@ -208,11 +208,7 @@ class GoTMLLM(CachedModel):
         if chain_text is not None:
             reasoning = self.edit_chain(reasoning, chain_text)
         if not reasoning.ready_for_image:
-            tail = reasoning.text[-60:]
-            raise ChainNotReadyError(
-                "semantic tokens need a chain that ends with <|im_gen_start|>; this one ends "
-                f"{'with ' + repr(tail) if tail else 'empty'} (stop: {reasoning.stop}). Let the reasoning "
-                "finish (raise max_new_tokens or continue it), or end the edited chain with <|im_gen_start|>.")
+            raise ChainNotReadyError(not_ready_message(reasoning))
         check_sequence_length(self.model, len(reasoning.sequence.ids) + IMAGE_QUERY_COUNT,
                               "the chain with its prompt and GoT's 64 image queries",
                               "shorten the chain (fewer boxes or words) or the prompt")

@@ -82,6 +82,29 @@ class Reasoning:
         return self.stop == "endoftext"
 
 
+# Why a turn that is not ready for an image stopped, and what to do, by its stop reason (a model's chain).
+UNFINISHED_ADVICE: dict[StopReason, str] = {
+    "max_tokens": "stopped at max_new_tokens before the chain was finished (no <|im_gen_start|>): raise "
+                  "max_new_tokens, or end the chain yourself in a GoT Chain Parser",
+    "vision_start": "stopped to see the image first (<|vision_start|>): continue with GoT Next Turn and the "
+                    "rendered image",
+    "endoftext": "ended the conversation (<|endoftext|>) without asking for an image",
+}
+
+
+def not_ready_message(reasoning: Reasoning) -> str:
+    """Why `reasoning` cannot give semantic tokens, told apart for a chain a person edited and one the model
+    wrote (whose fix is in the Reasoner, not in the text)."""
+    tail = reasoning.text.rstrip()[-60:]
+    ends = f"it ends with {tail!r}" if tail else "it is empty"
+    if reasoning.edited:
+        return (f"semantic tokens need a chain that ends with <|im_gen_start|>, and the edited chain does not ({ends}"
+                "): fix its text in the GoT Chain Parser or the GoT Plan Editor, end it with <|im_gen_start|> and "
+                "write nothing after it")
+    return (f"semantic tokens need a chain that ends with <|im_gen_start|>, and the model's chain does not ({ends}): "
+            f"it {UNFINISHED_ADVICE[reasoning.stop]}")
+
+
 class _TextStream:
     """Incremental detokenisation: the text each new token adds, decoding only the last few tokens (the
     byte-level BPE decodes token by token, except characters split over several tokens)."""

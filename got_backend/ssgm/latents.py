@@ -21,8 +21,9 @@ from PIL import Image
 
 from ..errors import GoTError
 from ..images import check_rgb_image, to_uint8_pil, uint8_to_signed
-from .chain import GoTChain, check_box_count
-from .layout import color_canvases, color_rgb
+from .chain import GoTChain
+from .layout import color_canvases
+from .typed_plan import check_plan_objects
 from .sizes import check_output_size
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
@@ -45,13 +46,10 @@ def spatial_latent(chain: GoTChain, encode: Encode, width: int, height: int, *,
     accumulated, so memory does not grow with the number of boxes. `on_batch(done, total)` is called before
     each batch (a node checks Cancel there). The box count and every colour are checked before any work."""
     check_output_size(width, height)
-    check_box_count(chain)
+    check_plan_objects(chain)  # the box count and every colour, before anything is encoded
     step = max(1, min(BATCH_CANVASES, BATCH_PIXELS // (width * height))) if batch_size is None else batch_size
     if isinstance(step, bool) or not isinstance(step, int) or step < 1:
         raise LatentInputError(f"batch_size must be a positive number of canvases or None, got {batch_size!r}")
-    for index, obj in enumerate(chain.objects):
-        if obj.color is not None:
-            color_rgb(obj, index)  # an unknown colour fails before anything is encoded
     drawn = chain.colored
     if not drawn:
         return encode(black_pixels(width, height))

@@ -5,7 +5,7 @@ one message of a node's validate_inputs under every argument of validate_inputs,
 
 from __future__ import annotations
 
-from tests.comfyui.test_hardening_server import reasoner_only
+from tests.comfyui.test_hardening_server import fails, reasoner_only
 
 
 def queue_errors(server, graph: dict, node: str = "2") -> list[dict]:
@@ -51,3 +51,39 @@ def test_an_unlisted_model_file_is_reported_once_under_its_input(comfyui_server)
              "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
     errors = queue_errors(comfyui_server, graph, node="1")
     assert [e["extra_info"]["input_name"] for e in errors] == ["unet_name"]
+
+
+# --- typed plans are checked where they are typed -----------------------------------------------------------
+
+NOT_A_PLAN = "hello world"
+PLAN_END = "the plan must end with <|im_gen_start|>"
+
+
+def parser_graph(text) -> dict:
+    return {"1": {"class_type": "GoTChainParser", "inputs": {"text": text}},
+            "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 1]}}}
+
+
+def test_a_typed_plan_is_refused_at_queue_time_under_its_text(comfyui_server):
+    (error,) = queue_errors(comfyui_server, parser_graph(NOT_A_PLAN), node="1")
+    assert error["extra_info"]["input_name"] == "text"
+    assert PLAN_END in error["details"] and "'hello world'" in error["details"]
+    graph = reasoner_only()
+    del graph["9"]  # the editor's preview is then the only output, so /prompt refuses the whole graph
+    graph["3"] = {"class_type": "GoTPlanEditor", "inputs": {"chain": ["2", 0], "plan": "A ball <|box_start|>(1,2)",
+                                                            "edited_from": "", "width": 64, "height": 64}}
+    graph["4"] = {"class_type": "PreviewAny", "inputs": {"source": ["3", 1]}}
+    (error,) = queue_errors(comfyui_server, graph, node="3")
+    assert error["extra_info"]["input_name"] == "plan" and "<|box_start|> is never closed" in error["details"]
+
+
+def test_a_linked_plan_is_checked_when_the_parser_runs(comfyui_server):
+    graph = parser_graph(["3", 0])
+    graph["3"] = {"class_type": "PrimitiveStringMultiline", "inputs": {"value": NOT_A_PLAN}}
+    fails(comfyui_server, graph, "GoTChainParser", PLAN_END, "'hello world'", within=10)
+
+
+def test_a_plan_with_no_objects_says_so_on_the_node(comfyui_server):
+    entry = comfyui_server.run(parser_graph("An empty white room.<|im_gen_start|>"), timeout=60)
+    (shown,) = entry["outputs"]["1"]["text"]
+    assert shown.startswith("(no boxes: this plan places no objects, so the spatial guidance is a black canvas")

@@ -19,7 +19,7 @@ def got_error(inproc) -> type[Exception]:
 
 def test_the_plan_editor_checks_its_canvas_size(inproc, got_error):
     editor = inproc.pack_module("nodes.plan_editor").GoTPlanEditor.PREPARE_CLASS_CLONE({})
-    chain = inproc.pack_module("nodes.types").reasoned_chain(CHAIN, None, strict=True)
+    chain = inproc.pack_module("nodes.types").typed_chain(CHAIN, None)
     for width, height, phrase in [(100_000, 64, "width 100000 is above GoT's limit of 8192"),
                                   (96, 8, "height 8 is below the widget's minimum of 64"),
                                   (8192, 8192, "above GoT's limit of 16,777,216")]:
