@@ -42,18 +42,29 @@ def show_on_node(node_id: str | None, text: str) -> None:
 
 
 @contextlib.contextmanager
-def cancellable_forward(model: torch.nn.Module):
-    """Cancel checked before every layer of `model` while inside: one VAE encode of GoT's canvases at 1024x1024
-    takes seconds on a CPU, so a check between calls alone is too coarse."""
+def cancellable_forward(model: torch.nn.Module, depth: int | None = None):
+    """Cancel checked before every layer of `model` while inside (down to `depth` levels of submodules; None: every
+    one): one VAE pass or UNet step at 1024x1024 takes seconds on a CPU, so a check between calls is too coarse.
+    The UNet takes depth 2 (its blocks: a few dozen checks a step, nothing measurable on a GPU)."""
     def check(_module, _args) -> None:
         comfy.model_management.throw_exception_if_processing_interrupted()
 
-    handles = [module.register_forward_pre_hook(check) for module in model.modules()]
+    handles = [module.register_forward_pre_hook(check) for module in _submodules(model, depth)]
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+def _submodules(model: torch.nn.Module, depth: int | None) -> list[torch.nn.Module]:
+    if depth is None:
+        return list(model.modules())
+    level, found = [model], [model]
+    for _ in range(depth):
+        level = [child for module in level for child in module.children()]
+        found += level
+    return found
 
 
 def vae_encode_fn(vae) -> Callable[[torch.Tensor], torch.Tensor]:

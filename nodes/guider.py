@@ -11,8 +11,10 @@ import comfy.samplers
 from ..got_backend.ssgm.denoise import check_finite_latents
 from ..got_backend.ssgm.guidance import (EDIT_SCALES, SCALE_LIMIT, T2I_SCALES, cfg_pair, combine_branches,
                                          needed_branches)
-from .comfy_bridge import check_widget_number
+from .comfy_bridge import cancellable_forward, check_widget_number
 from .types import BranchesSocket, ComfyConditioning
+
+UNET_CANCEL_DEPTH = 2  # the UNet's blocks (input_blocks[i], middle_block[i], output_blocks[i])
 
 
 class GoTGuider(comfy.samplers.CFGGuider):
@@ -39,8 +41,11 @@ class GoTGuider(comfy.samplers.CFGGuider):
 
     @override
     def sample(self, noise: torch.Tensor, latent_image: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """CFGGuider's sampling, then a check that the result is finite, naming what made it not."""
-        return check_finite_latents(super().sample(noise, latent_image, *args, **kwargs), self.nan_cause(noise))
+        """CFGGuider's sampling, Cancel checked before each UNet block, then a check that the result is finite,
+        naming what made it not."""
+        with cancellable_forward(self.model_patcher.model.diffusion_model, depth=UNET_CANCEL_DEPTH):
+            latents = super().sample(noise, latent_image, *args, **kwargs)
+        return check_finite_latents(latents, self.nan_cause(noise))
 
     def nan_cause(self, noise: torch.Tensor) -> str:
         """The first input that is itself not finite, or else the UNet's arithmetic."""

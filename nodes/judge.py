@@ -31,7 +31,7 @@ from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking, score_labels
 from ..got_backend.judge.candidates import check_candidates, describe_candidate
 from ..got_backend.reasoning.sampling import LogitsProcessor
-from .comfy_bridge import check_widget_number, queue_time_check
+from .comfy_bridge import cancellable_forward, check_widget_number, queue_time_check
 from .guider import GoTGuider, GoTGuiderNode
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -128,7 +128,8 @@ class GoTPARMGuider(GoTGuider):
 
     def _assess(self, done: int) -> None:
         run, pending = self.last_run, self.last_run.control.pending()
-        pixels = self.vae.decode(self.inner_model.process_latent_out(self._previous[pending].float()))
+        with cancellable_forward(self.vae.first_stage_model):
+            pixels = self.vae.decode(self.inner_model.process_latent_out(self._previous[pending].float()))
         previews = {index: pixels[row:row + 1] for row, index in enumerate(pending)}
         # The questions answered show on the sampler's node (this guider has no node of its own at sampling).
         judge = judge_of(self.vlm, 0.0, comfy.utils.ProgressBar(len(pending)), logits_processor=self.logits_processor)

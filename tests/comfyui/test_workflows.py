@@ -234,6 +234,7 @@ class Listener:
         self.socket = websocket.create_connection(address, timeout=1)
         self.progress: list[dict] = []
         self.texts: list[tuple[str, str]] = []
+        self.executing: list[tuple[float, dict]] = []  # (time.time() when it came, the message's data)
         self.closed = False
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
@@ -257,6 +258,8 @@ class Listener:
                 message = json.loads(data)
                 if message["type"] == "progress":
                     self.progress.append(message["data"])
+                elif message["type"] == "executing":
+                    self.executing.append((time.time(), message["data"]))
 
     def queue(self, server, graph: dict) -> str:
         status, body = server.post("/prompt", {"prompt": graph, "client_id": self.client_id})
