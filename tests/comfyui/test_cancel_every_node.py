@@ -142,10 +142,7 @@ def cancel_inside(server, graph: dict, node: str) -> tuple[float, bool]:
         time.sleep(CANCEL_AFTER)
         cancelled_at = time.time()
     finally:
-        assert server.post("/interrupt", {})[0] == 200
-        entry = server.wait(prompt_id, timeout=300)
-        listener.close()
-    messages = dict(entry["status"]["messages"])
+        messages = listener.cancel(server, prompt_id)
     assert "execution_error" not in messages, messages.get("execution_error")
     interrupted = messages.get("execution_interrupted")
     if interrupted is not None and interrupted["node_id"] == node:

@@ -266,6 +266,14 @@ class Listener:
         assert status == 200, body
         return body["prompt_id"]
 
+    def cancel(self, server, prompt_id: str, timeout: float = 300) -> dict:
+        """POST /interrupt, wait for the prompt's /history entry, stop listening; the entry's status messages."""
+        assert server.post("/interrupt", {})[0] == 200
+        try:
+            return dict(server.wait(prompt_id, timeout=timeout)["status"]["messages"])
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.closed = True
         self.thread.join(5)
