@@ -30,6 +30,7 @@ from ..got_backend.judge import CandidateScore, Judge, JudgeInputError, ParmSett
 from ..got_backend.judge.parm import DEFAULT_CHECKS, ParmControl, parse_checks
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking, score_labels
 from ..got_backend.judge.candidates import check_candidates, describe_candidate
+from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.reasoning.sampling import LogitsProcessor
 from .comfy_bridge import cancellable_forward, check_widget_number, queue_time_check
 from .guider import GoTGuider, GoTGuiderNode
@@ -98,8 +99,7 @@ class GoTPARMGuider(GoTGuider):
 
     def set_parm(self, vlm: ManagedVLM, vae, prompt: str, settings: ParmSettings,
                  logits_processor: Sequence[LogitsProcessor] = ()) -> None:
-        if not prompt.strip():
-            raise JudgeInputError("the PARM guider judges candidates by the prompt: give the prompt")
+        check_judge_prompt(prompt)
         self.vlm, self.vae, self.prompt, self.settings = vlm, vae, prompt, settings
         self.logits_processor = tuple(logits_processor)
         self.last_run: ParmRun | None = None
@@ -193,9 +193,15 @@ class GoTJudgeNode(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, prompt: str | None = None) -> bool | str:
+        """At queue time: the prompt to judge by (a prompt from another node is checked when run)."""
+        return queue_time_check(check_judge_prompt, prompt)
+
+    @classmethod
     def execute(cls, vlm: ManagedVLM, images: torch.Tensor, prompt: str, plan_weight: float, chain=None,
                 parm=None) -> io.NodeOutput:
         check_widget_number("GoT Judge", "plan_weight", plan_weight, *FRACTION)
+        check_judge_prompt(prompt)  # before the judge loads
         candidates = pil_batch(images)
         if not candidates:
             raise JudgeInputError("the image batch is empty: give the judge at least one candidate")

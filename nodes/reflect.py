@@ -23,6 +23,7 @@ from PIL import Image
 import comfy.utils
 
 from ..got_backend.judge import CandidateScore, JudgeInputError, Reflection, ReflectionRound
+from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.judge.reflect import DEFAULT_THRESHOLD
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT
 from .comfy_bridge import check_widget_number
@@ -134,6 +135,8 @@ class GoTReflectNode(io.ComfyNode):
         if reflection is not None and prompt.strip() and prompt != reflection.prompt:
             raise JudgeInputError("GoT Reflect: a further round is judged by the first round's prompt; leave this "
                                   "prompt empty (or give the same one)")
+        if image is not None:
+            check_judge_prompt(prompt)  # the first round's prompt, before the judge loads
         start = one_image(image, "GoT Reflect's image") if image is not None else None
         judge = judge_of(vlm, plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))  # loads it
         if start is not None:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from ..chat import ChatError, ChatModel
 from ..chat.model import FIRST_TOKEN_BATCH
+from ..reasoning.prompts import check_text
 from ..reasoning.sampling import LogitsProcessor
 from ..ssgm.chain import GoTChain
 from . import questions
@@ -109,14 +110,17 @@ class Judge:
 
     def clarity(self, images: Sequence[Image.Image], prompt: str) -> list[float]:
         """PARM: is each intermediate image clear enough to judge?"""
+        check_judge_prompt(prompt)
         return self.ask([(questions.clarity_question(prompt), image) for image in images])
 
     def potential(self, images: Sequence[Image.Image], prompt: str) -> list[float]:
         """PARM: can each (clear) intermediate image still become a faithful one?"""
+        check_judge_prompt(prompt)
         return self.ask([(questions.potential_question(prompt), image) for image in images])
 
     def correction(self, image: Image.Image, prompt: str) -> str:
         """PARM++: one short edit instruction that would make `image` match `prompt` (greedy)."""
+        check_judge_prompt(prompt)
         answer = self.chat.generate(questions.correction_request(prompt), image, max_new_tokens=CORRECTION_TOKENS,
                                     logits_processor=self.logits_processor, should_cancel=self.should_cancel)
         text = " ".join(_SPECIAL_TOKEN.sub(" ", answer.text).split())  # GoT's prompt must not get special tokens
@@ -134,6 +138,12 @@ def _per_image(images: Sequence[Image.Image], prompts: str | Sequence[str]) -> l
         raise JudgeInputError(f"{len(images)} images but {len(prompts)} prompts: give one prompt for all images, "
                               "or one per image")
     for prompt in prompts:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise JudgeInputError("the prompt to judge the images by is empty: give the prompt they were made for")
+        check_judge_prompt(prompt)
     return list(prompts)
+
+
+def check_judge_prompt(prompt: str) -> None:
+    """A prompt to judge images by: not empty, and text as `check_text` reads it (checked before any model work)."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise JudgeInputError("the prompt to judge the images by is empty: give the prompt they were made for")
+    check_text(prompt, "prompt to judge the images by")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from ..chat import ChatModel
 from ..images import ImageInput
-from ..reasoning.prompts import PromptError
+from ..reasoning.prompts import PromptError, check_text
 from ..reasoning.sampling import ReasoningSettings
 from ..reasoning.turns import ReasoningStats, TokenEvent
 from .revision import MARKER, MAX_REVISION_CHARS, read_revision
@@ -37,9 +37,10 @@ class Thought:
 
 
 def check_thinking_prompt(prompt: str) -> None:
-    """A prompt the thinker can think about: not empty."""
+    """A prompt the thinker can think about: not empty, and text as `check_text` reads it."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise PromptError("the prompt to think about is empty: write the prompt (or the edit instruction)")
+    check_text(prompt, "prompt to think about")
 
 
 def think(chat: ChatModel, prompt: str, image: ImageInput | None = None, *,

@@ -147,7 +147,7 @@ def test_bad_judge_inputs_fail_the_prompt_not_the_server(comfyui_server):
     empty = copy.deepcopy(judged(twin(TEMPLATE)))
     empty["12"]["inputs"]["batch_size"] = 1
     empty["15"]["inputs"]["prompt"] = " "
-    error = comfyui_server.execution_error(comfyui_server.run(empty))
-    assert error["node_type"] == "GoTJudge" and "empty" in error["exception_message"]
+    _, body = comfyui_server.submit(empty)  # refused at queue time, under the judge's prompt
+    assert "the prompt to judge the images by is empty" in json.dumps(body["node_errors"]["15"])
     entry, _ = ran(comfyui_server, judged(twin(TEMPLATE)), f"{TEMPLATE} after the failures")
     assert entry["outputs"]["16"]["images"]
