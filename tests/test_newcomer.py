@@ -3,6 +3,7 @@ the chain file it was given, its chain file holds only what a user should edit, 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -84,3 +85,17 @@ def test_the_readme_goes_in_the_order_a_newcomer_installs() -> None:
     assert OutputPaths.under(Path("models"), "GoT-6B").vae == Path("models/vae/GoT-6B-vae.safetensors")
     for name in ("GoT text-to-image", "GoT image editing"):
         assert "GoT-6B-vae.safetensors" in (REPO / "workflows" / f"{name}.json").read_text()
+
+
+def template_cards() -> list[tuple[str, str]]:
+    """(name, description) of web/template_cards.js' TEMPLATES, in order, read from its source."""
+    source = (REPO / "web" / "template_cards.js").read_text()
+    entries = re.findall(r'\["(GoT [^"]+)",\s*((?:"[^"]*"\s*\+?\s*)+)\]', source)
+    return [(name, "".join(json.loads(piece) for piece in re.findall(r'"[^"]*"', body))) for name, body in entries]
+
+
+def test_every_template_has_a_card_saying_when_to_use_it_text_to_image_first():
+    cards = template_cards()
+    assert sorted(name for name, _ in cards) == sorted(path.stem for path in (REPO / "workflows").glob("*.json"))
+    assert cards[0][0] == "GoT text-to-image"
+    assert all(len(description) > 60 and name not in description for name, description in cards)
