@@ -6,6 +6,7 @@ tests/artifacts/template_browser/ (git-ignored)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from test_plan_editor_browser import prepare_frontend
@@ -53,3 +54,43 @@ def test_the_cards_on_the_servers_frontend(comfyui_server, chromium_browser):
 def test_the_cards_on_the_newest_frontend(newest_frontend_server, chromium_browser):
     version, lines = open_pack_cards(newest_frontend_server, chromium_browser, "newest")
     check_cards(lines, version)
+
+
+WINDOW = {"width": 1366, "height": 768}  # the window tests/workflows_api/make_workflows.py FIRST_VIEW is made for
+OUTPUTS = ("SaveImage", "PreviewImage")
+
+
+def outputs_off_the_first_view(server, browser) -> tuple[str, dict]:
+    """Per template, the output nodes (title bar included) not wholly inside the canvas when it opens."""
+    prepare_frontend(server)
+    page = browser.new_page(viewport=WINDOW)
+    page.goto(server.url)
+    page.wait_for_function("window.app?.graph && window.app.extensionManager?.command")
+    version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ ?? ''")
+    outside = {}
+    for path in sorted((REPO / "workflows").glob("*.json")):
+        page.evaluate("async (wf) => { await app.loadGraphData(wf); }", json.loads(path.read_text()))
+        page.wait_for_timeout(300)
+        outside[path.stem] = page.evaluate("""(types) => {
+            const box = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+            const title = LiteGraph.NODE_TITLE_HEIGHT;
+            return app.graph._nodes.filter((node) => types.includes(node.type)).filter((node) => {
+                const x0 = (node.pos[0] + ds.offset[0]) * ds.scale, y0 = (node.pos[1] - title + ds.offset[1]) * ds.scale;
+                const x1 = (node.pos[0] + node.size[0] + ds.offset[0]) * ds.scale;
+                const y1 = (node.pos[1] + node.size[1] + ds.offset[1]) * ds.scale;
+                return x0 < 0 || y0 < 0 || x1 > box.width || y1 > box.height;
+            }).map((node) => node.title || node.type); }""", list(OUTPUTS))
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"first_view_{version}.png"))
+    page.close()
+    return version, outside
+
+
+def test_every_output_node_is_in_the_first_view(comfyui_server, chromium_browser):
+    version, outside = outputs_off_the_first_view(comfyui_server, chromium_browser)
+    assert not any(outside.values()), (version, outside)
+
+
+def test_every_output_node_is_in_the_first_view_on_the_newest_frontend(newest_frontend_server, chromium_browser):
+    version, outside = outputs_off_the_first_view(newest_frontend_server, chromium_browser)
+    assert not any(outside.values()), (version, outside)

@@ -103,7 +103,7 @@ def plan_editor(node_id: int, chain: tuple[int, int], pos: tuple[int, int], imag
 
 def layout_preview(node_id: int, chain: tuple[int, int], pos: tuple[int, int], title: str | None = None) -> list[Node]:
     return [Node(node_id, "GoTMaskFromBoxes", pos, (330, 110), links=sized({"chain": chain}), title=title),
-            Node(node_id + 1, "PreviewImage", (pos[0], pos[1] + 150), (330, 330), links={"images": (node_id, 1)},
+            Node(node_id + 1, "PreviewImage", (pos[0], pos[1] + 150), (330, 300), links={"images": (node_id, 1)},
                  title=title and f"{title}: preview")]
 
 
@@ -221,10 +221,11 @@ def best_of_n_reflected() -> list[Node]:
              {"image": (48, 0), "width": (43, 1), "height": (43, 2)}, title="back to the source's aspect ratio"),
         Node(50, "GoTReflectionRound", (4060, 40), (400, 330), links={"vlm": (19, 0), "reflection": (40, 2),
                                                                      "edited": (49, 0), "chain": (42, 0)}),
-        Node(51, "SaveImage", (4500, 40), (520, 560), {"filename_prefix": "GoT/reflected"}, {"images": (50, 0)}),
-        Node(52, "PreviewImage", (4060, 420), (400, 400), links={"images": (50, 3)}, title="every round"),
-        Node(53, "PreviewImage", (4500, 640), (520, 330), links={"images": (50, 4)}, title="the rounds' scores"),
-        note(31, (2030, 420), (400, 460),
+        # The round's results below the first round's, so that every result is in the first view.
+        Node(51, "SaveImage", (2030, 1120), (520, 560), {"filename_prefix": "GoT/reflected"}, {"images": (50, 0)}),
+        Node(52, "PreviewImage", (1590, 1120), (400, 300), links={"images": (50, 3)}, title="every round"),
+        Node(53, "PreviewImage", (1590, 1460), (400, 260), links={"images": (50, 4)}, title="the rounds' scores"),
+        note(31, (2930, 720), (400, 460),
              "## PARM++ reflection\nThe **GoT Reflect** judges the pick and writes one short correction (\"the "
              "pear should be green\"). While the pick scores below the threshold, the **GoT Reflection Round** "
              "asks for the edit: GoT's edit mode reasons about the pick with the correction as its instruction "
@@ -357,7 +358,42 @@ def build_ui(nodes: list[Node], object_info: dict) -> dict:
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "comfyui-got/" + "/".join(sorted(n.type for n in nodes)))),
             "revision": 0, "last_node_id": max(by_id), "last_link_id": len(links), "nodes": ui_nodes,
             "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.75, "offset": [40, 40]}}, "version": 0.4}
+            "extra": {"ds": first_view(nodes)}, "version": 0.4}
+
+
+# The canvas, in CSS pixels, a template's first view is made for: that of a 1366x768 window, the commonest laptop
+# screen (frontend 1.27.10 draws 40 pixels of menu above it and of sidebar beside it).
+FIRST_VIEW = (1326, 728)
+VIEW_MARGIN = 24  # pixels around what the first view shows
+MAX_SCALE, MIN_SCALE = 0.75, 0.6  # below 0.6 the canvas draws nodes without their widgets' text
+TITLE_HEIGHT = 30  # a node's title bar, above its position
+OUTPUT_NODES = {"SaveImage", "PreviewImage"}
+
+
+def first_view(nodes: list[Node]) -> dict:
+    """The canvas view a template opens with (extra.ds: screen = (graph + offset) * scale): every output node in
+    view at FIRST_VIEW, with the Reasoner where it fits, at the largest scale up to MAX_SCALE; a layout that needs
+    less than MIN_SCALE is an error."""
+    outputs = [node for node in nodes if node.type in OUTPUT_NODES]
+    (x0, y0, x1, y1), scale = view_of(outputs + [node for node in nodes if node.id == 2])
+    if scale < MIN_SCALE:  # the Reasoner is too far from the results: the results alone
+        (x0, y0, x1, y1), scale = view_of(outputs)
+    if scale < MIN_SCALE:
+        raise ValueError(f"the output nodes span {x1 - x0} x {y1 - y0}: too far apart for a first view of "
+                         f"{FIRST_VIEW[0]} x {FIRST_VIEW[1]} at scale {MIN_SCALE}; move them closer")
+    margin = VIEW_MARGIN / scale
+    return {"scale": round(scale, 4), "offset": [round(margin - x0, 1), round(margin - y0, 1)]}
+
+
+def view_of(shown: list[Node]) -> tuple[tuple[int, int, int, int], float]:
+    """The nodes' bounding box (title bars included) and the scale that fits it into FIRST_VIEW."""
+    x0 = min(node.pos[0] for node in shown)
+    y0 = min(node.pos[1] - TITLE_HEIGHT for node in shown)
+    x1 = max(node.pos[0] + node.size[0] for node in shown)
+    y1 = max(node.pos[1] + node.size[1] for node in shown)
+    width, height = (side - 2 * VIEW_MARGIN for side in FIRST_VIEW)
+    return (x0, y0, x1, y1), min(MAX_SCALE, width / (x1 - x0), height / (y1 - y0))
+
 
 
 def build_api(nodes: list[Node], object_info: dict) -> dict:
