@@ -334,14 +334,15 @@ def test_an_edit_without_an_image_is_a_node_error(comfyui_server):
     assert error["node_type"] == "GoTReasoner" and "needs the image to edit" in error["exception_message"]
 
 
-def test_an_unknown_colour_in_the_edited_chain_is_a_node_error(comfyui_server):
+def test_an_unknown_colour_in_the_edited_chain_is_refused_under_the_editor(comfyui_server):
     graph = small(twin("GoT interactive generation"))
-    (editor,) = nodes_of(graph, "GoTPlanEditor")
-    editor["inputs"]["plan"] = CHAIN.replace("(green)", "(blurple)")
-    error = comfyui_server.execution_error(comfyui_server.run(graph))
-    assert error["node_type"] == "GoTPlanEditor"
-    assert "'blurple', which is not a colour name" in error["exception_message"]
-    assert f"at character {CHAIN.index('<|object_ref_start|>green pear')}" in error["exception_message"]
+    (editor,) = [key for key, node in graph.items() if node["class_type"] == "GoTPlanEditor"]
+    graph[editor]["inputs"]["plan"] = CHAIN.replace("(green)", "(blurple)")
+    _, body = comfyui_server.submit(graph)  # at queue time: the plan is typed (the rest of the graph may run)
+    (error,) = body["node_errors"][editor]["errors"]
+    assert error["extra_info"]["input_name"] == "plan"
+    assert "'blurple', which is not a colour name" in error["details"]
+    assert f"at character {CHAIN.index('<|object_ref_start|>green pear')}" in error["details"]
 
 
 def test_a_folder_outside_models_llm_is_refused(comfyui_server):
