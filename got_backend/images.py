@@ -23,30 +23,42 @@ class MissingImageError(ImageInputError):
 def check_rgb_image(image: torch.Tensor) -> torch.Tensor:
     """`image` if it is one RGB image [1, 3, H, W] of finite floats in [0, 1]; otherwise an ImageInputError
     that says how to fix it."""
-    if not isinstance(image, torch.Tensor):
-        raise ImageInputError(f"expected the image as a torch tensor [1, 3, H, W], got {type(image).__name__}")
-    shape = tuple(image.shape)
-    if image.dim() != 4:
-        hint = " (add the batch dimension: image[None])" if image.dim() == 3 else ""
-        raise ImageInputError(f"expected one image shaped [1, 3, H, W], got shape {list(shape)}{hint}")
+    check_rgb_batch(image)
+    if image.shape[0] != 1:
+        raise ImageInputError(f"got a batch of {image.shape[0]} images; GoT edits one image at a time: connect a "
+                              f"single image (pick one from the batch with ComfyUI's 'Image From Batch' node)")
+    return image
+
+
+def check_rgb_batch(images: torch.Tensor) -> torch.Tensor:
+    """`images` if it is a batch of at least one RGB image [B, 3, H, W] of finite floats in [0, 1] (the one image
+    validator: every image the pack takes passes it); otherwise an ImageInputError that says how to fix it."""
+    if not isinstance(images, torch.Tensor):
+        raise ImageInputError(f"expected the image as a torch tensor [1, 3, H, W], got {type(images).__name__}")
+    shape = tuple(images.shape)
+    if images.dim() != 4:
+        hint = " (add the batch dimension: image[None])" if images.dim() == 3 else ""
+        raise ImageInputError(f"expected one image shaped [1, 3, H, W] (a batch: [B, 3, H, W]), got shape "
+                              f"{list(shape)}{hint}")
     if shape[1] != 3:
         raise ImageInputError(f"expected an RGB image [1, 3, H, W], got shape {list(shape)}: {_channel_hint(shape)}")
-    if shape[0] != 1:
-        raise ImageInputError(f"got a batch of {shape[0]} images; GoT edits one image at a time: connect a "
-                              f"single image (pick one from the batch with ComfyUI's 'Image From Batch' node)")
+    if shape[0] == 0:
+        raise ImageInputError("the image batch is empty (it holds no image): connect a node that gives at least "
+                              "one image")
     if shape[2] == 0 or shape[3] == 0:
         raise ImageInputError(f"the image is empty (shape {list(shape)})")
-    if not image.is_floating_point():
-        raise ImageInputError(f"expected float pixels in [0, 1], got dtype {image.dtype}: connect an IMAGE as "
+    if not images.is_floating_point():
+        raise ImageInputError(f"expected float pixels in [0, 1], got dtype {images.dtype}: connect an IMAGE as "
                               f"ComfyUI's Load Image gives it (0..255 values must be divided by 255)")
-    low, high = image.min().item(), image.max().item()
+    low, high = images.min().item(), images.max().item()
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ImageInputError("the image holds NaN or infinite values")
+        raise ImageInputError("the image holds NaN or infinite values: check the node that made it (an fp16 VAE "
+                              "can overflow)")
     if low < 0 or high > 1:
         hint = (" (it looks like [-1, 1]: connect an IMAGE in 0..1, e.g. from Load Image or VAE Decode, not a "
                 "tensor normalised to [-1, 1])" if low >= -1 and high <= 1 else "")
         raise ImageInputError(f"pixel values must lie in [0, 1], found {low:.4g}..{high:.4g}{hint}")
-    return image
+    return images
 
 
 def to_uint8_pil(image: torch.Tensor) -> Image.Image:

@@ -20,6 +20,7 @@ import comfy.model_management
 import comfy.utils
 
 from ..got_backend.errors import GoTError
+from ..got_backend.images import ImageInputError, check_rgb_batch, check_rgb_image
 from ..got_backend.ssgm.sizes import LATENT_FACTOR, MAX_SIDE, MIN_WIDGET_SIDE
 
 
@@ -28,9 +29,23 @@ class WidgetValueError(GoTError):
     or an edited workflow file."""
 
 
-def comfy_image(image: torch.Tensor | None) -> torch.Tensor | None:
-    """ComfyUI's IMAGE [B, H, W, C] as the backend's [B, C, H, W] (the backend refuses B > 1 and C != 3)."""
-    return None if image is None else image.movedim(-1, 1)
+def checked_images(images: torch.Tensor, what: str, *, one: bool = False) -> torch.Tensor:
+    """An IMAGE input [B, H, W, C] as given, checked by the backend's one image validator (at least one RGB image
+    of finite values in [0, 1]; with `one`, exactly one): every IMAGE a GoT node takes passes here. The error
+    names `what` (the node and its input)."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = list(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ImageInputError(f"{what}: expected a ComfyUI IMAGE batch [B, H, W, 3], got {shape}")
+    try:
+        (check_rgb_image if one else check_rgb_batch)(images.movedim(-1, 1))
+    except ImageInputError as err:
+        raise ImageInputError(f"{what}: {err}") from err
+    return images
+
+
+def comfy_image(image: torch.Tensor | None, what: str) -> torch.Tensor | None:
+    """One IMAGE input, checked (`checked_images`), as the backend's [1, C, H, W]; None stays None."""
+    return None if image is None else checked_images(image, what, one=True).movedim(-1, 1)
 
 
 def show_on_node(node_id: str | None, text: str) -> None:

@@ -32,7 +32,7 @@ from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT, ranking, score_label
 from ..got_backend.judge.candidates import check_candidates, describe_candidate
 from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.reasoning.sampling import LogitsProcessor
-from .comfy_bridge import cancellable_forward, check_widget_number, queue_time_check
+from .comfy_bridge import cancellable_forward, check_widget_number, checked_images, queue_time_check
 from .guider import GoTGuider, GoTGuiderNode
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -44,10 +44,9 @@ FRACTION = (0.0, 1.0)  # the range of plan_weight and potential_threshold, also 
 # value, or NaN in a workflow file, skips ComfyUI's check)
 
 
-def pil_batch(images: torch.Tensor) -> list[Image.Image]:
-    """ComfyUI's IMAGE batch [B, H, W, C] as RGB PIL images."""
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise JudgeInputError(f"the judge takes an RGB IMAGE batch [B, H, W, 3], got shape {list(images.shape)}")
+def pil_batch(images: torch.Tensor, what: str = "the judge's images") -> list[Image.Image]:
+    """ComfyUI's IMAGE batch [B, H, W, C], checked (`checked_images`), as RGB PIL images."""
+    checked_images(images, what)
     return [to_uint8_pil(images[i:i + 1].movedim(-1, 1)) for i in range(images.shape[0])]
 
 
@@ -202,9 +201,7 @@ class GoTJudgeNode(io.ComfyNode):
                 parm=None) -> io.NodeOutput:
         check_widget_number("GoT Judge", "plan_weight", plan_weight, *FRACTION)
         check_judge_prompt(prompt)  # before the judge loads
-        candidates = pil_batch(images)
-        if not candidates:
-            raise JudgeInputError("the image batch is empty: give the judge at least one candidate")
+        candidates = pil_batch(images, "GoT Judge's images")
         run = parm_run(parm, len(candidates))
         live = run.control.live if run is not None else list(range(len(candidates)))
         bar = comfy.utils.ProgressBar(len(live), node_id=cls.hidden.unique_id)

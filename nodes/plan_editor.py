@@ -22,7 +22,7 @@ from comfy_api.latest import io, ui
 from ..got_backend.ssgm.sizes import check_widget_size
 from ..got_backend.ssgm.typed_plan import check_plan_objects
 from .chain import check_typed_text, describe_boxes, edited_chain
-from .comfy_bridge import queue_time_check, size_input
+from .comfy_bridge import checked_images, queue_time_check, size_input
 from .types import ChainSocket, ReasonedChain
 
 MODEL_CHANGED = ("the model's plan changed since this edit (its prompt or input changed and it reasoned again); "
@@ -85,7 +85,8 @@ class GoTPlanEditor(io.ComfyNode):
         boxes = describe_boxes(used)
         if model_changed:
             boxes = f"[{MODEL_CHANGED}]\n{boxes}"
-        source = [] if image is None else ui.PreviewImage(image[:1], cls=cls).as_dict()["images"]
+        shown = None if image is None else checked_images(image, "GoT Plan Editor's image")[:1]
+        source = [] if shown is None else ui.PreviewImage(shown, cls=cls).as_dict()["images"]
         message = plan_message(chain, used, model_changed, width, height, source)
         return io.NodeOutput(used, boxes, used.text, ui={"got_plan": [message], "text": [boxes]})
 

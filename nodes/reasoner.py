@@ -185,10 +185,11 @@ class GoTReasoner(io.ComfyNode):
         instruction(prompt, task_id)  # an empty prompt fails here, before the MLLM is loaded
         settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p)
         check_chain_start(chain_start)
+        view = comfy_image(image, "GoT Reasoner's image")  # checked before the MLLM is loaded
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         got = mllm.loaded()
         reasoning = reason_or_interrupt(lambda: got.reason(
-            prompt, comfy_image(image), task=task_id, assistant_prefix=chain_start, on_token=stream,
+            prompt, view, task=task_id, assistant_prefix=chain_start, on_token=stream,
             settings=settings, should_cancel=comfy.model_management.processing_interrupted))
         stream.finish(reasoning)
         return chain_output(reasoning)
@@ -221,19 +222,20 @@ class GoTNextTurn(io.ComfyNode):
                 sampling: bool, seed: int, temperature: float, top_p: float) -> io.NodeOutput:
         reasoning = chain_reasoning(chain)  # fails fast, before gigabytes move to the GPU
         settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p, "GoT Next Turn")
+        rendered = comfy_image(image, "GoT Next Turn's image")
         got = mllm.loaded()
         previous = got.edit_chain(reasoning, chain.text)
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
 
         def turn(reasoning: Reasoning, shown: torch.Tensor | None) -> Reasoning:
             return reason_or_interrupt(lambda: got.continue_reasoning(
-                reasoning, comfy_image(shown), settings=settings, on_token=stream,
+                reasoning, shown, settings=settings, on_token=stream,
                 should_cancel=comfy.model_management.processing_interrupted))
 
         if previous.stop != "vision_start":  # e.g. after <|im_gen_start|>: go on after the 64 image queries
             previous = turn(previous, None)
         if previous.stop == "vision_start":  # the model asks to see the image rendered from the last turn
-            previous = turn(previous, image)
+            previous = turn(previous, rendered)
         stream.finish(previous)
         return chain_output(previous)
 

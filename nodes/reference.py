@@ -50,7 +50,7 @@ class GoTReferenceEncoder(io.ComfyNode):
     @classmethod
     def execute(cls, vae, width: int, height: int, image: torch.Tensor | None = None) -> io.NodeOutput:
         check_widget_size("GoT Reference Encoder", width, height)
-        pixels = comfy_image(image)
+        pixels = comfy_image(image, "GoT Reference Encoder's image")
         latent = reference_latent(pixels, vae_encode_fn(vae), width, height)
         final = (width, height) if image is None else source_aspect_size((image.shape[2], image.shape[1]),
                                                                          min(width, height))

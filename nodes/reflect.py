@@ -26,7 +26,7 @@ from ..got_backend.judge import CandidateScore, JudgeInputError, Reflection, Ref
 from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.judge.reflect import DEFAULT_THRESHOLD
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT
-from .comfy_bridge import check_widget_number
+from .comfy_bridge import check_widget_number, checked_images
 from .judge import FRACTION, judge_of, pil_batch, score_chart
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -62,13 +62,6 @@ class ReflectionState:
         verdict = (f"round {rounds - 1} scores below {self.threshold:g}: a next GoT Reflect edits it" if self.wants_edit
                    else f"round {rounds - 1} scores at least {self.threshold:g}: no further edit")
         return f"{self.reflection.report()}\n({verdict})"
-
-
-def one_image(image: torch.Tensor, name: str) -> torch.Tensor:
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise JudgeInputError(f"{name} takes one image, got an IMAGE batch of shape {list(image.shape)}: connect the "
-                              "GoT Judge's best image (or pick one with an Image From Batch node)")
-    return image
 
 
 def round_images(images: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -137,7 +130,7 @@ class GoTReflectNode(io.ComfyNode):
                                   "prompt empty (or give the same one)")
         if image is not None:
             check_judge_prompt(prompt)  # the first round's prompt, before the judge loads
-        start = one_image(image, "GoT Reflect's image") if image is not None else None
+        start = checked_images(image, "GoT Reflect's image", one=True) if image is not None else None
         judge = judge_of(vlm, plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))  # loads it
         if start is not None:
             pixels = pil_batch(start)
@@ -204,7 +197,7 @@ class GoTReflectionRoundNode(io.ComfyNode):
             if edited is None:
                 raise JudgeInputError("GoT Reflection Round: the round needs the edit, but `edited` is empty: "
                                       "connect the VAE Decode of GoT's edit with the Reflect's correction")
-            edit = one_image(edited, "GoT Reflection Round's edited")
+            edit = checked_images(edited, "GoT Reflection Round's edited", one=True)
             judge = judge_of(vlm, state.plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))
             (view,) = pil_batch(edit)
             (score,) = reason_or_interrupt(lambda: judge.score([view], state.prompt,

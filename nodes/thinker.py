@@ -79,10 +79,11 @@ class GoTPromptThinker(io.ComfyNode):
         check_thinking_prompt(prompt)  # before loading, like the numbers
         settings = reasoning_settings(max_new_tokens, sampling, seed, temperature, top_p, NODE)  # before loading
         check_widget_number(NODE, "max_revision_chars", max_revision_chars, *REVISION_RANGE, integer=True)
+        view = comfy_image(image, f"{NODE}'s image")
         stream = ChainStream(cls.hidden.unique_id, max_new_tokens)
         chat = vlm.loaded()
         thought = reason_or_interrupt(lambda: think(
-            chat, prompt, comfy_image(image), settings=settings, max_revision_chars=max_revision_chars,
+            chat, prompt, view, settings=settings, max_revision_chars=max_revision_chars,
             on_token=stream,
             should_cancel=comfy.model_management.processing_interrupted))
         stream.bar.update_absolute(stream.bar.total)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -91,8 +92,11 @@ def test_judge_node_picks_the_argmax_with_the_plan_score(inproc, parts):
 def test_judge_node_bad_inputs(inproc, parts):
     judge_nodes, judge = inproc.pack_module("nodes.judge"), inproc.pack_module("got_backend.judge")
     node = judge_nodes.GoTJudgeNode.PREPARE_CLASS_CLONE({})
-    with pytest.raises(judge.JudgeInputError, match="image batch is empty"):
+    images = inproc.pack_module("got_backend.images")
+    with pytest.raises(images.ImageInputError, match="GoT Judge's images: the image batch is empty"):
         node.execute(parts["vlm"], torch.zeros(0, SIZE, SIZE, 3), PROMPT, 0.5)
+    with pytest.raises(images.ImageInputError, match="GoT Judge's images: the image holds NaN or infinite values"):
+        node.execute(parts["vlm"], torch.full((2, SIZE, SIZE, 3), math.nan), PROMPT, 0.5)
     with pytest.raises(judge.JudgeInputError, match="prompt .* is empty"):
         node.execute(parts["vlm"], torch.rand(1, SIZE, SIZE, 3), " ", 0.5)
     with pytest.raises(judge.JudgeInputError, match="GoT PARM Guider"):

@@ -174,7 +174,7 @@ def test_cancel_during_a_parm_check_lands_between_batches_of_questions(comfyui_s
 def test_an_empty_batch_and_batches_of_different_sizes_fail_their_prompt_not_the_server(comfyui_server):
     server = comfyui_server
     fails(server, linked(judge_graph(2), "2", "batch_size", 0, "PrimitiveInt"), "GoTJudge",
-          "the image batch is empty", "at least one candidate")
+          "GoT Judge's images: the image batch is empty", "at least one image")
     empty = linked(parm_graph(), "12", "batch_size", 0, "PrimitiveInt")
     fails(server, empty, "SamplerCustomAdvanced", "number of candidates must be a whole number of at least 1, got 0",
           "the latent batch size in ComfyUI")

@@ -97,7 +97,8 @@ def test_bad_reflection_inputs(inproc, nodes, parts):
     nodes.script(outcome=[0.2])
     with pytest.raises(judge.JudgeInputError, match="connect either `image`.*not neither"):
         nodes.reflect_node.execute(parts["vlm"], PROMPT, 0.5, 0.0)
-    with pytest.raises(judge.JudgeInputError, match="takes one image"):
+    with pytest.raises(inproc.pack_module("got_backend.images").ImageInputError,
+                       match="GoT Reflect's image: got a batch of 2 images; GoT edits one image at a time"):
         nodes.reflect_node.execute(parts["vlm"], PROMPT, 0.5, 0.0, image=torch.rand(2, SIZE, SIZE, 3))
     with pytest.raises(widgets.WidgetValueError, match="threshold is nan"):
         nodes.reflect_node.execute(parts["vlm"], PROMPT, float("nan"), 0.0, image=image(9))

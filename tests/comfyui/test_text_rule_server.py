@@ -35,3 +35,18 @@ def test_a_bad_text_is_refused_under_its_node_when_typed_and_when_linked(comfyui
     assert phrase in error["details"] and time.monotonic() - started < 5
     fails(comfyui_server, linked(build(), node, name, text, "PrimitiveStringMultiline"), node_type, f"the {what}",
           phrase, within=10)
+
+
+# --- every IMAGE input passes the one image validator (issue 19.6, 19.7) -----------------------------------------
+
+def test_an_empty_or_nan_image_batch_is_named_under_its_node(comfyui_server):
+    from tests.comfyui.test_hardening_server import reasoner_only
+
+    graph = reasoner_only()
+    del graph["9"]
+    graph["3"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}}
+    graph["4"] = {"class_type": "GoTPlanEditor", "inputs": {"chain": ["2", 0], "plan": "", "edited_from": "",
+                                                            "width": 64, "height": 64, "image": ["3", 0]}}
+    graph["5"] = {"class_type": "PreviewAny", "inputs": {"source": ["4", 1]}}
+    fails(comfyui_server, linked(graph, "3", "batch_size", 0, "PrimitiveInt"), "GoTPlanEditor",
+          "GoT Plan Editor's image: the image batch is empty", within=30)
