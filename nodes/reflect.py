@@ -26,7 +26,8 @@ from ..got_backend.judge import CandidateScore, JudgeInputError, Reflection, Ref
 from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.judge.reflect import DEFAULT_THRESHOLD
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT
-from .comfy_bridge import check_widget_number, checked_images
+from ..got_backend.reasoning.prompts import condition_image
+from .comfy_bridge import check_widget_number, checked_images, comfy_image
 from .judge import FRACTION, judge_of, pil_batch, score_chart
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -56,6 +57,18 @@ class ReflectionState:
         reasoning = chain.reasoning if chain is not None else None
         reflection = self.reflection.then(view, reasoning, score, self.correction)
         return replace(self, reflection=reflection, images=(*self.images, image), correction="")
+
+    def check_edit_source(self, chain: ReasonedChain | None) -> None:
+        """The edit's chain was reasoned over this state's latest image (the image its GoT Reflect gave to edit):
+        a Round wired to an earlier round's Reflect would credit the edit to the wrong correction and drop a
+        round. Without a chain, or for a chain typed with no Reasoner, there is nothing to compare."""
+        images = chain.reasoning.sequence.images if chain is not None and chain.reasoning is not None else ()
+        if images and images[0].image.tobytes() != condition_image(comfy_image(self.images[-1], "the round's "
+                                                                                "image")).tobytes():
+            raise JudgeInputError(
+                f"GoT Reflection Round: the edit's chain was reasoned over another image than round "
+                f"{len(self.reflection.rounds) - 1}'s, the latest of this `reflection`: connect `reflection` to the "
+                "GoT Reflect of this round (the one whose image the edit's Reasoner got)")
 
     def report(self) -> str:
         rounds = len(self.reflection.rounds)
@@ -198,6 +211,7 @@ class GoTReflectionRoundNode(io.ComfyNode):
                 raise JudgeInputError("GoT Reflection Round: the round needs the edit, but `edited` is empty: "
                                       "connect the VAE Decode of GoT's edit with the Reflect's correction")
             edit = checked_images(edited, "GoT Reflection Round's edited", one=True)
+            state.check_edit_source(chain)
             judge = judge_of(vlm, state.plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))
             (view,) = pil_batch(edit)
             (score,) = reason_or_interrupt(lambda: judge.score([view], state.prompt,

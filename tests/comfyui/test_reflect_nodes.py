@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.comfyui.test_judge_nodes import PROMPT, judged, parts  # noqa: F401 - the module's model fixture
-from tests.comfyui.test_workflows import SIZE, cached_nodes, ran, saved_image, twin
+from tests.comfyui.test_workflows import CHAIN, SIZE, cached_nodes, ran, saved_image, twin
 from tests.steering import ScriptedJudge
 
 TEMPLATE = "GoT best of N, then reflect"
@@ -109,6 +109,23 @@ def test_bad_reflection_inputs(inproc, nodes, parts):
         nodes.reflect_node.execute(parts["vlm"], "another prompt", 0.5, 0.0, reflection=state)
     with pytest.raises(judge.JudgeInputError, match="`edited` is empty"):
         nodes.round_node.execute(parts["vlm"], state)
+
+
+def test_a_round_wired_to_an_earlier_rounds_reflect_is_refused(inproc, nodes, parts):
+    """The second round's Round wired to the first round's Reflect (issue 19.8): its edit was reasoned over the
+    first edit, not over the first round's image, so crediting it to the first correction would be wrong."""
+    nodes.script(outcome=[0.2, 0.3, 0.1])
+    start, first, second = image(11), image(12), image(13)
+    stale = nodes.reflect_node.execute(parts["vlm"], PROMPT, 0.5, 0.0, image=start)[2]
+    state = nodes.round_node.execute(parts["vlm"], stale, edited=first)[1]
+    to_edit, state = nodes.reflect_node.execute(parts["vlm"], "", 0.5, 0.0, reflection=state)[1:3]
+    edit = parts["mllm"].got.user_chain(CORRECTION, CHAIN, to_edit.movedim(-1, 1))  # reasoned over the first edit
+    chain = inproc.pack_module("nodes.types").reasoned_chain(edit.text, edit)
+    with pytest.raises(inproc.pack_module("got_backend.judge").JudgeInputError,
+                       match="reasoned over another image than round 0's"):
+        nodes.round_node.execute(parts["vlm"], stale, edited=second, chain=chain)
+    rounds = nodes.round_node.execute(parts["vlm"], state, edited=second, chain=chain)[1].reflection.rounds
+    assert len(rounds) == 3  # wired to its own round's Reflect, the round counts
 
 
 def test_cancel_while_the_judge_writes_the_correction(nodes, parts, monkeypatch):
