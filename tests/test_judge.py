@@ -72,6 +72,9 @@ def test_yes_no_rule_ranking_and_plan_crops() -> None:
     assert [phrase for phrase, _ in crops] == ["red apple", "plate"]
     c0, r0, c1, r1 = pixel_extent(chain.objects[0].box, 64, 32)
     assert crops[0][1].size == (c1 - c0, r1 - r0)
+    edge = parse_chain(f"A <|object_ref_start|>dot<|object_ref_end|>{BOX}(1000,1000),(1000,1000){BOX_END} (red)")
+    (dot,) = object_crops(image, edge)  # zero area on the corner: PIL fills nothing, the judge still looks
+    assert dot[0] == "dot" and dot[1].size == (1, 1)
 
 
 def test_the_judge_reads_every_one_token_spelling_of_yes_and_no(chat: ChatModel) -> None:

@@ -48,13 +48,17 @@ def check_fraction(value: float, what: str, fix: str) -> float:
 
 
 def object_crops(image: Image.Image, chain: GoTChain) -> list[tuple[str, Image.Image]]:
-    """(phrase, crop of its box) for each object with a phrase and a non-empty box. (The chat model shows
-    every image squashed to 448x448, crops included.)"""
+    """(phrase, crop of its box) for each object with a phrase. A box that covers no pixel (zero area on the
+    image's right or bottom edge, where PIL fills nothing) gets the pixel it touches, so that no phrased object
+    leaves the plan score without a word. (The chat model shows every image squashed to 448x448, crops
+    included.)"""
+    width, height = image.size
     crops = []
     for obj in chain.objects:
-        c0, r0, c1, r1 = pixel_extent(obj.box, *image.size)
-        if obj.phrase and c0 < c1 and r0 < r1:
-            crops.append((obj.phrase, image.crop((c0, r0, c1, r1))))
+        if obj.phrase:
+            c0, r0, c1, r1 = pixel_extent(obj.box, width, height)
+            c0, r0 = min(c0, width - 1), min(r0, height - 1)
+            crops.append((obj.phrase, image.crop((c0, r0, max(c1, c0 + 1), max(r1, r0 + 1)))))
     return crops
 
 
