@@ -9,6 +9,8 @@ the UNet through each conditioning's `noise_concat`, which ComfyUI concatenates 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from comfy_api.latest import io
 
@@ -25,6 +27,7 @@ from .comfy_bridge import check_widget_choice
 from .unet_keys import UNetWeightsError, comfy_unet_state
 from ..got_backend.weights.diffusers_configs import GOT_IN_CHANNELS, SDXL_ADD_TIME_DIM, SDXL_TIME_IDS
 from ..got_backend.weights.shapes import state_mismatch, state_shapes
+from ..got_backend.weights.state_dicts import RECONVERT, load_tensor_file
 from ..got_backend.errors import GoTError
 
 SDXL_TIME_IDS_DIM = SDXL_TIME_IDS * SDXL_ADD_TIME_DIM  # the size/crop embeddings beside the pooled vector (ADM input)
@@ -109,7 +112,7 @@ def build_got_unet(state: dict[str, torch.Tensor], model_options: dict | None = 
 
 def load_got_unet(path: str, model_options: dict | None = None) -> comfy.model_patcher.ModelPatcher:
     """Load a converted GoT UNet file (diffusers or ComfyUI names) as a ComfyUI MODEL."""
-    return build_got_unet(comfy_unet_state(comfy.utils.load_torch_file(path, safe_load=True)), model_options, path)
+    return build_got_unet(comfy_unet_state(load_tensor_file(Path(path), fix=RECONVERT)), model_options, path)
 
 
 class GoTUNetLoader(io.ComfyNode):

@@ -22,6 +22,13 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
+# How to fix a damaged file, by where it came from.
+REDOWNLOAD = ("If it is part of GoT-6B, delete it and download it again (compare its size with the one the download "
+              "page lists).")
+RECONVERT = ("If it is a file the converter wrote, convert the GoT-6B release again "
+             "(python -m got_backend.convert); otherwise download it again.")
+
+
 class CheckpointError(GoTError):
     """A checkpoint file or folder cannot be used; the message says which file and what to do."""
 
@@ -121,19 +128,21 @@ def iter_shards(path: str | Path) -> Iterator[Shard]:
         del shard  # before the next file is loaded, so two shards are never held at once
 
 
-def load_tensor_file(file: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one `.safetensors` or pickle file, refusing pickles that carry anything but tensors."""
+def load_tensor_file(file: Path, fix: str = REDOWNLOAD) -> dict[str, torch.Tensor]:
+    """All tensors of one `.safetensors` or pickle file, refusing pickles that carry anything but tensors (the
+    pack's one reader of weight files: a CheckpointError names the file, says what is wrong and how to `fix` it,
+    and never passes on torch's advice to turn weights_only off)."""
     if file.suffix == ".safetensors":
-        tensors = _load_safetensors(file)
+        tensors = _load_safetensors(file, fix)
     else:
-        tensors = _load_pickle(file)
+        tensors = _load_pickle(file, fix)
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
         raise CheckpointError(f"{file} does not hold a flat state dict (name -> tensor) but a "
                               f"{type(tensors).__name__}; give the GoT-6B release files as downloaded.")
     return tensors
 
 
-def _load_pickle(file: Path) -> object:
+def _load_pickle(file: Path, fix: str) -> object:
     try:
         with open(file, "rb") as handle:
             is_zip = handle.read(4) == ZIP_MAGIC
@@ -149,9 +158,9 @@ def _load_pickle(file: Path) -> object:
                 f"{file} is not a plain weights file: it holds code the loader refused to run ({refused}), so it "
                 "was refused for safety (loading it would execute whatever it carries). Do not use this file: "
                 "use the original GoT-6B shards from LucasFang/GoT-6B, or a .safetensors file.") from None
-        raise _corrupt(file, err) from None
+        raise _corrupt(file, err, fix) from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, OSError) as err:
-        raise _corrupt(file, err) from err
+        raise _corrupt(file, err, fix) from err
 
 
 # What torch's weights-only unpickler says when a pickle asks for a callable or class it does not allow, across
@@ -210,7 +219,6 @@ def _first_callable(stream: IO[bytes]) -> str | None:
     return None
 
 
-REDOWNLOAD = "If it is part of GoT-6B, delete it and download it again."
 SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
@@ -267,22 +275,21 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return seen
 
 
-def _load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+def _load_safetensors(file: Path, fix: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
-    check_safetensors_file(file)
+    check_safetensors_file(file, fix)
     try:
         with safe_open(file, framework="pt", device="cpu") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise _corrupt(file, err) from err
+        raise _corrupt(file, err, fix) from err
 
 
-def _corrupt(file: Path, err: BaseException) -> CheckpointError:
+def _corrupt(file: Path, err: BaseException, fix: str) -> CheckpointError:
     size = file.stat().st_size if file.exists() else 0
     # Never torch's weights-only text: it suggests loading with weights_only=False, which would run any code.
     lines = [line for line in str(err).splitlines() if line.strip() and "weights_only" not in line]
     reason = lines[0][:200] if lines and not isinstance(err, pickle.UnpicklingError) else type(err).__name__
     return CheckpointError(f"{file} ({size:,} bytes) is corrupt or truncated, or not a PyTorch weights file, and "
-                           f"cannot be read ({reason}). If it is part of GoT-6B, delete it and download it again "
-                           "(compare its size with the one the download page lists).")
+                           f"cannot be read ({reason}). {fix}")
