@@ -44,9 +44,9 @@ FRACTION = (0.0, 1.0)  # the range of plan_weight and potential_threshold, also 
 # value, or NaN in a workflow file, skips ComfyUI's check)
 
 
-def pil_batch(images: torch.Tensor, what: str = "the judge's images") -> list[Image.Image]:
-    """ComfyUI's IMAGE batch [B, H, W, C], checked (`checked_images`), as RGB PIL images."""
-    checked_images(images, what)
+def pil_batch(images: torch.Tensor, what: str = "the judge's images", *, one: bool = False) -> list[Image.Image]:
+    """ComfyUI's IMAGE batch [B, H, W, C], checked (`checked_images`; `one`: exactly one), as RGB PIL images."""
+    checked_images(images, what, one=one)
     return [to_uint8_pil(images[i:i + 1].movedim(-1, 1)) for i in range(images.shape[0])]
 
 

@@ -27,7 +27,7 @@ from ..got_backend.judge.judge import check_judge_prompt
 from ..got_backend.judge.reflect import DEFAULT_THRESHOLD
 from ..got_backend.judge.scores import DEFAULT_PLAN_WEIGHT
 from ..got_backend.reasoning.prompts import condition_image
-from .comfy_bridge import check_widget_number, checked_images, comfy_image
+from .comfy_bridge import check_widget_number, comfy_image
 from .judge import FRACTION, judge_of, pil_batch, score_chart
 from .model_management import ManagedVLM
 from .reasoner import reason_or_interrupt
@@ -143,13 +143,12 @@ class GoTReflectNode(io.ComfyNode):
                                   "prompt empty (or give the same one)")
         if image is not None:
             check_judge_prompt(prompt)  # the first round's prompt, before the judge loads
-        start = checked_images(image, "GoT Reflect's image", one=True) if image is not None else None
+        pixels = pil_batch(image, "GoT Reflect's image", one=True) if image is not None else None
         judge = judge_of(vlm, plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))  # loads it
-        if start is not None:
-            pixels = pil_batch(start)
+        if pixels is not None:
             (score,) = reason_or_interrupt(lambda: judge.score(pixels, prompt, [chain] if chain is not None else None))
             round_0 = ReflectionRound(0, pixels[0], chain.reasoning if chain is not None else None, score, None)
-            state = ReflectionState(Reflection((round_0,)), (start,), prompt, threshold, plan_weight)
+            state = ReflectionState(Reflection((round_0,)), (image,), prompt, threshold, plan_weight)
         else:
             state = replace(reflection, threshold=threshold, plan_weight=plan_weight)
         if not state.correction:
@@ -210,13 +209,12 @@ class GoTReflectionRoundNode(io.ComfyNode):
             if edited is None:
                 raise JudgeInputError("GoT Reflection Round: the round needs the edit, but `edited` is empty: "
                                       "connect the VAE Decode of GoT's edit with the Reflect's correction")
-            edit = checked_images(edited, "GoT Reflection Round's edited", one=True)
+            (view,) = pil_batch(edited, "GoT Reflection Round's edited", one=True)
             state.check_edit_source(chain)
             judge = judge_of(vlm, state.plan_weight, comfy.utils.ProgressBar(1, node_id=cls.hidden.unique_id))
-            (view,) = pil_batch(edit)
             (score,) = reason_or_interrupt(lambda: judge.score([view], state.prompt,
                                                                [chain] if chain is not None else None))
-            state = state.then(edit, view, chain, score)
+            state = state.then(edited, view, chain, score)
         rounds = state.reflection.rounds
         best = state.reflection.best.index
         chart = score_chart([r.score.score for r in rounds], best)
