@@ -30,7 +30,8 @@ from .weights.qwen_names import load_qwen_config, qwen_names
 from .weights.safetensors_writer import write_safetensors, write_sharded_safetensors
 from .weights.models_dir import (DEFAULT_NAME, PROJECTORS_FILE, QWEN_BASE_NAME, QWEN_URL, RELEASE_FILES, RELEASE_URL,
                                  converted_paths)
-from .weights.state_dicts import shard_files
+from .weights.mllm_files import REDOWNLOAD_QWEN
+from .weights.state_dicts import check_json_files, read_json_object, shard_files
 from .reasoning.tokens import add_got_tokens, resolve_got_tokens
 from .errors import GoTError
 
@@ -155,6 +156,10 @@ def _check_inputs(release_dir: Path, qwen_base_dir: Path, models_dir: Path, out:
     if missing:
         raise ConversionError(f"the Qwen2.5-VL-3B-Instruct folder {qwen_base_dir} lacks {', '.join(missing)}.\n"
                               + LAYOUT_HELP)
+    try:
+        check_json_files(qwen_base_dir, REDOWNLOAD_QWEN)
+    except CheckpointError as err:
+        raise ConversionError(str(err)) from None
     existing = out.existing()
     if existing and not overwrite:
         raise ConversionError("the converted model is already there: " + ", ".join(map(str, existing))
@@ -173,7 +178,7 @@ def _write_mllm_weights(weights: GoTWeights, folder: Path, say: Callable[[str], 
 
 def _write_config(qwen_base_dir: Path, folder: Path, weights: GoTWeights) -> None:
     """The base config.json as it is, except the facts the checkpoint decides: tied embeddings, stored dtype."""
-    config = json.loads((qwen_base_dir / "config.json").read_text())
+    config = read_json_object(qwen_base_dir / "config.json", REDOWNLOAD_QWEN)
     tie = weights.tie_word_embeddings
     config["tie_word_embeddings"] = tie
     if "tie_word_embeddings" in config.get("text_config", {}):  # pre-v5 transformers also read it there

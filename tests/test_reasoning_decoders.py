@@ -4,6 +4,8 @@ fast (static KV) path against the plain one, prefix reuse and buffer growth. CPU
 from __future__ import annotations
 
 import inspect
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,11 @@ import torch
 from PIL import Image
 
 from got_backend.reasoning.conversation import TokenSequence
-from got_backend.reasoning.decoding import PlainDecoder
+from got_backend.reasoning.conversation import forward_sequence
+from got_backend.reasoning.decoding import PREFILL_CHUNK, PlainDecoder, prefill_chunks
 from got_backend.reasoning.fast_decode import MIN_CAPACITY, StaticDecoder, UnsupportedModelError
 from got_backend.reasoning.mllm import GoTMLLM
+from got_backend.reasoning.turns import ReasoningCancelled, generate_turn
 from got_backend.reasoning.positions import PositionError, mrope_positions
 from got_backend.reasoning.prompts import chat_messages, condition_image, instruction
 from tests.steering import steer
@@ -142,3 +146,56 @@ def test_unsupported_model_falls_back_to_the_plain_decoder(tiny_mllm_folder: Pat
         StaticDecoder(mllm.model)
     result = mllm.reason(PROMPT, max_new_tokens=3)
     assert result.stats.decoder == "plain" and "sliding-window" in mllm.decoder_note
+
+
+def test_prefill_chunks_cover_the_tokens_and_never_split_an_image() -> None:
+    assert prefill_chunks(0, 10, [], 4) == [(0, 4), (4, 8), (8, 10)]
+    assert prefill_chunks(3, 10, [], 4) == [(3, 7), (7, 10)]
+    # a run that a boundary would cut goes to the next chunk; one longer than a chunk is a chunk of its own
+    assert prefill_chunks(0, 20, [(3, 6), (9, 17)], 4) == [(0, 3), (3, 7), (7, 9), (9, 17), (17, 20)]
+    assert prefill_chunks(0, 2 * PREFILL_CHUNK + 1, [], PREFILL_CHUNK)[-1] == (2 * PREFILL_CHUNK, 2 * PREFILL_CHUNK + 1)
+
+
+@pytest.mark.parametrize("decoder_type", [PlainDecoder, StaticDecoder])
+def test_chunked_prefill_equals_one_forward(plain: GoTMLLM, source_image: Image.Image, decoder_type) -> None:
+    """A prompt with an image (its 256 pads in one chunk) fed 8 tokens at a time gives the logits and hidden
+    states of one forward over it, and the same greedy steps after it (docs/ALGORITHM.md, deliberate deviations)."""
+    chain = plain.reason(PROMPT, source_image, max_new_tokens=12, logits_processor=steer())
+    prompt = TokenSequence(chain.sequence.ids[:chain.turn_start], chain.sequence.images)
+    calls = []
+    with torch.no_grad():
+        whole_logits, whole_states = forward_sequence(plain.model, prompt, hidden=True)
+        decoder, reference = decoder_type(plain.model), PlainDecoder(plain.model)
+        decoder.chunk = 8
+        fed = decoder.feed(prompt, hidden=True, between_chunks=lambda: calls.append(len(decoder.ids)))
+        sizes = [b - a for a, b in zip([0, *calls], [*calls, len(prompt.ids)])]
+        first_pad = prompt.ids.index(plain.tokens.image_pad)
+        assert sum(sizes) == len(prompt.ids) and len(sizes) > 6 and first_pad in calls
+        assert sorted(sizes)[-2:] == [8, 256]  # the image's 256 pads in one chunk, every other chunk at most 8
+        torch.testing.assert_close(fed.logits, whole_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fed.hidden, whole_states, rtol=1e-5, atol=1e-5)
+        assert reference.feed(prompt).logits.equal(whole_logits)  # one chunk: the one forward
+        for token in chain.token_ids:
+            torch.testing.assert_close(decoder.step(token), reference.step(token), rtol=1e-5, atol=1e-5)
+
+
+def test_cancel_lands_between_the_chunks_of_a_32k_token_prefill(plain: GoTMLLM) -> None:
+    """Issue 19: a 32,768-token prompt is prefilled in chunks; a Cancel clicked 1 s into the prefill (a flag set
+    by another thread, as ComfyUI's interrupt is) raises before the next chunk, within 2 s on the CPU (the tiny
+    model's last chunks take about 1 s each; one forward over the whole prompt takes about 3.5 s)."""
+    ids = tuple(torch.randint(100, 150_000, (32_768,), generator=torch.Generator().manual_seed(0)).tolist())
+    clicked, clicked_at = threading.Event(), []
+
+    def click() -> None:
+        clicked_at.append(time.perf_counter())
+        clicked.set()
+
+    timer = threading.Timer(1.0, click)
+    decoder = StaticDecoder(plain.model)
+    timer.start()
+    with pytest.raises(ReasoningCancelled), torch.no_grad():
+        generate_turn(decoder, TokenSequence(ids, ()), lambda logits: int(logits.argmax()), {}, 1, str,
+                      should_cancel=clicked.is_set)
+    seconds = time.perf_counter() - clicked_at[0]
+    print(f"\n[cancel] landed {seconds:.3f} s after the click, {len(decoder.ids)} of 32768 tokens prefilled")
+    assert 0 < len(decoder.ids) < len(ids) and len(decoder.ids) % PREFILL_CHUNK == 0 and seconds < 2.0

@@ -3,13 +3,15 @@
 
 A decoder holds the KV cache of one token sequence. `feed` brings the cache up to a whole sequence, reusing the
 longest prefix it already holds (same tokens and the same image objects) and running Hugging Face's forward over
-the rest; `step` appends one token and returns the next logits. Both paths share everything but the single-token
+the rest in chunks of at most PREFILL_CHUNK tokens (an image's pads never split), calling the caller's cancel
+check between chunks; `step` appends one token and returns the next logits. Both paths share everything but the single-token
 step: `PlainDecoder` steps with Hugging Face's forward over a `DynamicCache` (the reference behaviour),
 `fast_decode.StaticDecoder` with a fixed-shape step over preallocated KV buffers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,11 @@ from transformers import DynamicCache
 
 from .conversation import ModelLayout, TokenSequence, VisionInput, forward_segment
 from .positions import image_runs, mrope_positions
+
+
+# A 32,768-token prompt is 16 chunks: Cancel lands between two of them, and no forward holds the activations of
+# the whole prompt at once. Chunked prefill attends exactly as one forward does (docs/ALGORITHM.md §13).
+PREFILL_CHUNK = 2048
 
 
 @dataclass
@@ -51,6 +58,7 @@ class Decoder:
 
     kind = "abstract"
     note: str | None = None  # why a faster way was given up, if it was
+    chunk = PREFILL_CHUNK  # the most tokens one prefill forward runs
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
@@ -60,9 +68,11 @@ class Decoder:
         self.images: list[VisionInput] = []
         self.delta = 0
 
-    def feed(self, sequence: TokenSequence, hidden: bool = False, run_last: int = 1) -> Fed:
+    def feed(self, sequence: TokenSequence, hidden: bool = False, run_last: int = 1,
+             between_chunks: Callable[[], None] | None = None) -> Fed:
         """Make the cache hold `sequence` (at least its last `run_last` tokens are run, so their hidden states
-        come back even when the cache already holds them) and return what comes next."""
+        come back even when the cache already holds them) and return what comes next. `between_chunks` runs
+        before every chunk after the first (a cancel check raises there; the caller then drops the cache)."""
         if not sequence.ids:
             raise ValueError("cannot feed an empty token sequence")
         layout = self.layout
@@ -71,10 +81,18 @@ class Decoder:
         runs = image_runs(sequence.ids, layout.image_pad_id,
                           [t * h * w // layout.merge_size ** 2 for t, h, w in grids])
         keep = self._reusable_prefix(sequence, runs, run_last)
-        new_images = [image for (start, _), image in zip(runs, sequence.images) if start >= keep]
-        logits, states = self._forward(keep, sequence.ids[keep:], positions[:, keep:], new_images, hidden)
-        self.ids, self.images, self.delta = list(sequence.ids), list(sequence.images), delta
-        return Fed(logits, states, keep)
+        states = []
+        for start, end in prefill_chunks(keep, len(sequence.ids), runs, self.chunk):
+            if start > keep and between_chunks is not None:
+                between_chunks()
+            chunk_images = [image for (first, _), image in zip(runs, sequence.images) if start <= first < end]
+            logits, chunk_states = self._forward(start, sequence.ids[start:end], positions[:, start:end],
+                                                 chunk_images, hidden)
+            self.ids = list(sequence.ids[:end])
+            self.images = [image for (first, _), image in zip(runs, sequence.images) if first < end]
+            states.append(chunk_states)
+        self.delta = delta
+        return Fed(logits, torch.cat(states, dim=1) if hidden else None, keep)
 
     def step(self, token: int) -> torch.Tensor:
         """Append `token` (a text token) and return the float32 logits [vocab] of the one after it."""
@@ -121,6 +139,21 @@ class Decoder:
 
     def _step(self, token: int, slot: int, position: int) -> torch.Tensor:
         raise NotImplementedError
+
+
+def prefill_chunks(keep: int, total: int, runs: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """(start, end) of the chunks that run tokens `keep`..`total`: at most `size` tokens each, except that an
+    image's run of pads (`runs`, [start, end) each) is never split (its image is encoded with the chunk that holds
+    it; a run longer than `size` is a chunk of its own)."""
+    chunks, start = [], keep
+    while start < total:
+        end = min(start + size, total)
+        for first, last in runs:
+            if first < end < last:
+                end = first if first > start else last
+        chunks.append((start, end))
+        start = end
+    return chunks
 
 
 class PlainDecoder(Decoder):

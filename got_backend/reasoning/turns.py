@@ -140,10 +140,10 @@ def generate_turn(decoder: Decoder, sequence: TokenSequence, pick: TokenPicker, 
                   on_token: Callable[[TokenEvent], None] | None = None,
                   should_cancel: Callable[[], bool] | None = None) -> TurnOutput:
     """Generate after `sequence` until a token in `stops` or `max_new_tokens` tokens. The cancel check runs
-    before the prefill and between tokens; the caller drops the cache when this raises."""
+    before the prefill, between its chunks and between tokens; the caller drops the cache when this raises."""
     started = time.perf_counter()
     _check_cancel(should_cancel)
-    fed = decoder.feed(sequence)
+    fed = decoder.feed(sequence, between_chunks=lambda: _check_cancel(should_cancel))
     logits, new_ids = fed.logits, []
     stream = _TextStream(decode) if on_token is not None else None
     first_token_at = started

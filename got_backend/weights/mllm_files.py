@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from .checkpoint import GoTWeights, check_mllm_state, read_got_checkpoint
 from .models_dir import PROJECTORS_FILE
 from .qwen_names import load_qwen_config
 from .shapes import meta_model
-from .state_dicts import CheckpointError, check_safetensors_file, shard_files
+from .state_dicts import CheckpointError, check_json_files, check_safetensors_file, read_json_object, shard_files
 from ..reasoning.tokens import add_got_tokens, resolve_got_tokens
 from ..errors import GoTError
 
@@ -31,6 +30,8 @@ CONVERT_COMMAND = ("python -m got_backend.convert --release <GoT-6B folder> --qw
 REBUILD_CONVERTED = f"Rebuild the converted folder from the GoT-6B release with `{CONVERT_COMMAND}`."
 REBUILD_ANY = (f"Download the folder's files again, or, for a converted GoT MLLM, rebuild it with "
                f"`{CONVERT_COMMAND}`.")
+REDOWNLOAD_QWEN = ("Download the Qwen2.5-VL-3B-Instruct folder's files again (its config, tokenizer and processor "
+                   "files; the converter needs them as released).")
 LISTED_KEYS = 8
 
 
@@ -63,12 +64,13 @@ def read_converted(folder: str | Path, dtype: torch.dtype | str) -> MLLMParts:
     folder = Path(folder)
     _require_files(folder, ("config.json", PROJECTORS_FILE, "preprocessor_config.json"), "converted GoT MLLM")
     dtype = resolve_dtype(dtype)
-    _check_json_files(folder, REBUILD_CONVERTED)
+    _check_json(folder, REBUILD_CONVERTED)
     projectors = projectors_from_state(_projector_state(folder / PROJECTORS_FILE))
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    processor = _processor(folder, REBUILD_CONVERTED)
     resolve_got_tokens(processor.tokenizer)  # refuse a wrong tokenizer before loading gigabytes
     model = _from_folder(folder, dtype, REBUILD_CONVERTED)
-    return MLLMParts(model, processor, *projectors, _repetition_penalty(folder), _eos_token_ids(folder))
+    return MLLMParts(model, processor, *projectors, _repetition_penalty(folder, REBUILD_CONVERTED),
+                     _eos_token_ids(folder, REBUILD_CONVERTED))
 
 
 def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype | str,
@@ -80,7 +82,8 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
     _require_files(qwen_dir, ("config.json", "preprocessor_config.json", "tokenizer_config.json"),
                    "Qwen2.5-VL-3B-Instruct")
     dtype = resolve_dtype(dtype)
-    processor = AutoProcessor.from_pretrained(qwen_dir, local_files_only=True)
+    _check_json(qwen_dir, REDOWNLOAD_QWEN)
+    processor = _processor(qwen_dir, REDOWNLOAD_QWEN)
     add_got_tokens(processor.tokenizer)
     resolve_got_tokens(processor.tokenizer)
     if weights is None:
@@ -91,8 +94,8 @@ def read_release(got_dir: str | Path, qwen_dir: str | Path, dtype: torch.dtype |
         None, config=config, state_dict=weights.mllm, attn_implementation="sdpa", **dtype_argument(dtype))
     state = {f"{part}.{key}": value for part in ("output_projector", "output_projector_add")
              for key, value in getattr(weights, part).items()}
-    return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir),
-                     _eos_token_ids(qwen_dir))
+    return MLLMParts(model, processor, *projectors_from_state(state), _repetition_penalty(qwen_dir, REDOWNLOAD_QWEN),
+                     _eos_token_ids(qwen_dir, REDOWNLOAD_QWEN))
 
 
 @dataclass
@@ -113,7 +116,8 @@ def read_vlm(folder: str | Path, dtype: torch.dtype | str) -> VLMParts:
     Think-Then-Generate-tuned encoder): safetensors weights only, nothing run from the folder."""
     folder = Path(folder)
     _require_files(folder, ("config.json", "preprocessor_config.json"), "Qwen2.5-VL")
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    _check_json(folder, REBUILD_ANY)
+    model_type = read_json_object(folder / "config.json", REBUILD_ANY).get("model_type")
     if model_type != "qwen2_5_vl":
         raise MLLMLoadError(f"{folder} holds a {model_type!r} model, not a Qwen2.5-VL one (config.json "
                             "model_type 'qwen2_5_vl'): pick a Qwen2.5-VL folder")
@@ -122,8 +126,9 @@ def read_vlm(folder: str | Path, dtype: torch.dtype | str) -> VLMParts:
                             "checkpoints are not read here. A GoT-6B release: convert it once with `python -m "
                             "got_backend.convert`, or load it with the GoT MLLM Loader")
     dtype = resolve_dtype(dtype)
-    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
-    return VLMParts(_from_folder(folder, dtype), processor, _repetition_penalty(folder), _eos_token_ids(folder))
+    processor = _processor(folder, REBUILD_ANY)
+    return VLMParts(_from_folder(folder, dtype), processor, _repetition_penalty(folder, REBUILD_ANY),
+                    _eos_token_ids(folder, REBUILD_ANY))
 
 
 def _from_folder(folder: Path, dtype: torch.dtype, fix: str = REBUILD_ANY) -> nn.Module:
@@ -167,14 +172,23 @@ def _checked_weight_files(folder: Path, fix: str) -> list[Path]:
     return files
 
 
-def _check_json_files(folder: Path, fix: str) -> None:
-    """Every JSON file of the folder must parse: transformers would fail on one with a bare JSONDecodeError."""
-    for file in sorted(folder.glob("*.json")):
-        try:
-            json.loads(file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            where = f" (line {err.lineno}, column {err.colno}: {err.msg})" if isinstance(err, json.JSONDecodeError) else ""
-            raise MLLMLoadError(f"{file} is not valid JSON{where}. {fix}") from None
+def _check_json(folder: Path, fix: str) -> None:
+    try:
+        check_json_files(folder, fix)
+    except CheckpointError as err:
+        raise MLLMLoadError(str(err)) from None
+
+
+def _processor(folder: Path, fix: str):
+    """The folder's Qwen2.5-VL processor (tokenizer + image processor). Its JSON files have parsed; what the
+    tokenizers library or transformers still refuses (a tokenizer.json of the wrong structure, a processor config
+    with impossible values) is named with the folder and the fix."""
+    try:
+        return AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 (tokenizers raises its own Exception types; none is a GoT bug)
+        first = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        raise MLLMLoadError(f"the tokenizer or image processor files in {folder} (tokenizer.json, "
+                            f"tokenizer_config.json, preprocessor_config.json) cannot be loaded: {first}. {fix}") from None
 
 
 def _projector_state(file: Path) -> dict[str, torch.Tensor]:
@@ -214,19 +228,27 @@ def dtype_argument(dtype: torch.dtype) -> dict[str, torch.dtype]:
     return {"dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype": dtype}
 
 
-def _generation_config(folder: Path) -> dict:
+def _generation_config(folder: Path, fix: str) -> dict:
     path = folder / "generation_config.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json_object(path, fix) if path.is_file() else {}
 
 
-def _repetition_penalty(folder: Path) -> float:
-    return float(_generation_config(folder).get("repetition_penalty", 1.0))
+def _repetition_penalty(folder: Path, fix: str) -> float:
+    value = _generation_config(folder, fix).get("repetition_penalty", 1.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise MLLMLoadError(f"{folder / 'generation_config.json'}: repetition_penalty is {value!r}, not a positive "
+                            f"number (the released value is 1.05). {fix}")
+    return float(value)
 
 
-def _eos_token_ids(folder: Path) -> tuple[int, ...]:
+def _eos_token_ids(folder: Path, fix: str) -> tuple[int, ...]:
     """The eos ids `generate` stops on with this folder's generation config (one id or a list)."""
-    eos = _generation_config(folder).get("eos_token_id", ())
-    return tuple(int(i) for i in (eos if isinstance(eos, list) else [eos]))
+    eos = _generation_config(folder, fix).get("eos_token_id", ())
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise MLLMLoadError(f"{folder / 'generation_config.json'}: eos_token_id is {eos!r}, not a token id or a "
+                            f"list of them (the released one is [151645, 151643]). {fix}")
+    return tuple(ids)
 
 
 def _require_files(folder: Path, names: Sequence[str], what: str) -> None:

@@ -6,7 +6,6 @@ which files go where (README, "Model files"), `mllm_layout` tells the two apart.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -16,7 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from .diffusers_configs import GOT_IN_CHANNELS, ConfigInferenceError, infer_unet_config, infer_vae_config
 from .shapes import meta_model, state_mismatch, state_shapes
-from .state_dicts import CheckpointError, load_tensor_file
+from .state_dicts import RECONVERT, CheckpointError, load_tensor_file, parse_json_object
 from ..errors import GoTError
 
 DEFAULT_NAME = "GoT-6B"
@@ -118,15 +117,15 @@ def _find_vae(models_dir: Path, name: str, chosen: str | None) -> Path:
 def _tensors_and_config(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     try:
         tensors = load_tensor_file(path)
+        config = None
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt") as handle:
+                text = (handle.metadata() or {}).get("config")
+            config = parse_json_object(text, f"the config in {path}'s safetensors metadata", RECONVERT) if text else None
     except CheckpointError as err:
         raise ModelFilesError(str(err)) from err
-    config = None
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as handle:
-            text = (handle.metadata() or {}).get("config")
-        config = json.loads(text) if text else None
     return tensors, config
 
 

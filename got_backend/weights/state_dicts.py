@@ -1,4 +1,5 @@
-"""Reading checkpoint files one shard at a time: pickle `.bin` (weights only) or safetensors, single or indexed."""
+"""The pack's one reader of model files: checkpoint files one shard at a time (pickle `.bin`, weights only, or
+safetensors, single or indexed) and the JSON files (configs, tokenizer, processor) that travel with them."""
 
 from __future__ import annotations
 
@@ -79,13 +80,11 @@ def _weights_in_folder(folder: Path) -> Path:
 
 
 def _indexed_files(index_path: Path) -> tuple[list[Path], dict[Path, frozenset[str]]]:
-    try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError("empty or malformed weight_map")
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index_path} is not a readable checkpoint index ({err}); "
-                              "re-download it with the shards it belongs to.") from err
+    fix = "Re-download it with the shards it belongs to."
+    weight_map = read_json_object(index_path, fix).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path} is not a checkpoint index: it has no \"weight_map\" of tensor names "
+                              f"to shard files. {fix}")
     keys_per_file: dict[Path, set[str]] = {}
     for key, name in weight_map.items():
         keys_per_file.setdefault(_shard_in_folder(index_path, name), set()).add(key)
@@ -108,6 +107,36 @@ def _shard_in_folder(index_path: Path, name: object) -> Path:
             "path, `..` or a sub-folder): shards must lie next to their index. Re-download the index with its "
             "shards.")
     return index_path.parent / name
+
+
+def read_json_object(file: Path, fix: str = REDOWNLOAD) -> dict:
+    """The JSON object in `file` (every config, tokenizer and processor file of a model folder holds one); a
+    CheckpointError names the file, where it stops parsing, and how to `fix` it."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"cannot read {file} as UTF-8 text ({err}). {fix}") from None
+    return parse_json_object(text, str(file), fix)
+
+
+def parse_json_object(text: str, where: str, fix: str) -> dict:
+    """`text` (the content of `where`) as a JSON object, or a CheckpointError saying what is wrong there."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{where} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}). "
+                              f"{fix}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{where} holds a JSON {type(value).__name__}, not the object (a {{...}} of settings) "
+                              f"a model file holds. {fix}")
+    return value
+
+
+def check_json_files(folder: Path, fix: str) -> None:
+    """Every `.json` file of a model folder must hold a JSON object: transformers would fail on a damaged one
+    with a bare JSONDecodeError, AttributeError or OSError that names no file."""
+    for file in sorted(folder.glob("*.json")):
+        read_json_object(file, fix)
 
 
 def iter_shards(path: str | Path) -> Iterator[Shard]:
