@@ -1,6 +1,7 @@
-"""Issues 19.4 and 19.5 through a real ComfyUI server: the GoT UNet Loader reads its file with the pack's one weight-file
-reader (got_backend.weights.state_dicts.load_tensor_file), so a damaged or hostile file is a GoTError that names
-it, says how to fix it, never runs a pickle's code and never advises turning weights_only off."""
+"""Issues 19.4 and 19.5 through a real ComfyUI server: the GoT UNet Loader reads its file with the pack's one
+weight-file reader (got_backend.weights.state_dicts.load_tensor_file), so a damaged or hostile file is a GoTError
+that names it, says how to fix it, never runs a pickle's code and never advises turning weights_only off; the GoT
+VLM Loader reads its folder's JSON files with the one JSON reader."""
 
 from __future__ import annotations
 
