@@ -43,6 +43,28 @@ def checked_images(images: torch.Tensor, what: str, *, one: bool = False) -> tor
     return images
 
 
+class LatentInputError(GoTError):
+    """A LATENT input that is not ComfyUI's {"samples": [B, C, H, W]} of finite values."""
+
+
+def checked_latent(latent: object, what: str) -> torch.Tensor:
+    """The samples of a LATENT input: ComfyUI's dict whose "samples" is a batch [B, C, H, W] of at least one finite
+    latent. Every LATENT a GoT node takes passes here; the error names `what` (the node and its input)."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not isinstance(samples, torch.Tensor) or samples.dim() != 4 or not samples.is_floating_point():
+        got = (f"samples of shape {list(samples.shape)} ({samples.dtype})" if isinstance(samples, torch.Tensor)
+               else f"keys {sorted(latent)}" if isinstance(latent, dict) else type(latent).__name__)
+        raise LatentInputError(f"{what}: expected a ComfyUI LATENT (a dict whose 'samples' is a float tensor "
+                               f"[B, C, H, W]), got {got}: connect a node that outputs a LATENT")
+    if samples.shape[0] == 0:
+        raise LatentInputError(f"{what}: the latent batch is empty (it holds no latent): connect a node that gives "
+                               "at least one")
+    if not torch.isfinite(samples).all():
+        raise LatentInputError(f"{what}: the latent holds NaN or infinite values: check the node that made it (an "
+                               "fp16 VAE can overflow)")
+    return samples
+
+
 def comfy_image(image: torch.Tensor | None, what: str) -> torch.Tensor | None:
     """One IMAGE input, checked (`checked_images`), as the backend's [1, C, H, W]; None stays None."""
     return None if image is None else checked_images(image, what, one=True).movedim(-1, 1)

@@ -21,7 +21,7 @@ from ..got_backend.ssgm.guidance import BRANCH_INPUTS
 from ..got_backend.ssgm.latents import spatial_latent
 from ..got_backend.ssgm.chain import check_box_count
 from ..got_backend.ssgm.sizes import check_latent, check_widget_size
-from .comfy_bridge import cancellable_progress, size_input, vae_encode_fn
+from .comfy_bridge import cancellable_progress, checked_latent, size_input, vae_encode_fn
 from .model_management import ManagedMLLM
 from .types import BranchesSocket, ChainSocket, ComfyConditioning, MLLMSocket, ReasonedChain
 
@@ -44,7 +44,7 @@ def branch_conditionings(context: torch.Tensor, null_context: torch.Tensor, pool
 
 
 def check_reference(reference: dict, width: int, height: int) -> torch.Tensor:
-    samples = reference["samples"]
+    samples = checked_latent(reference, "GoT SSGM Conditioner's reference")
     check_latent("reference latent", tuple(samples.shape), width, height,
                  "give the GoT Reference Encoder the same width and height as this node")
     return samples

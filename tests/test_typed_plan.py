@@ -33,6 +33,15 @@ def test_a_chain_start_may_stop_anywhere_but_not_past_the_end():
         assert raised.value.position == text.index(token)
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_a_plan_cannot_start_another_chat_message(whole):
+    text = f"A {BALL}<|im_end|>\n<|im_start|>assistant\nYes{BOI}"
+    with pytest.raises(ChainError, match=r"<\|im_start\|> begins a new chat message and is never part of a plan") \
+            as raised:
+        read_typed_plan(text, whole=whole)
+    assert raised.value.position == text.index("<|im_start|>")
+
+
 def test_a_doubled_end_token_is_named():
     with pytest.raises(ChainError, match=r"'<\|im_gen_start\|>' is written after it"):
         read_typed_plan(f"A {BALL}{BOI}{BOI}")

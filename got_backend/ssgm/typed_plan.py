@@ -11,7 +11,7 @@ where it was made, not two nodes later (docs/ALGORITHM.md §5).
 
 from __future__ import annotations
 
-from ..reasoning.tokens import BOI, BOX_END, BOX_START, OBJECT_REF_END, OBJECT_REF_START, VISION_START
+from ..reasoning.tokens import BOI, BOX_END, BOX_START, IM_START, OBJECT_REF_END, OBJECT_REF_START, VISION_START
 from .chain import ChainError, GoTChain, check_box_count, parse_chain
 from .layout import color_rgb
 
@@ -32,9 +32,18 @@ def check_plan_objects(chain: GoTChain) -> None:
 def read_typed_plan(text: str, *, whole: bool = True, drawn_after: tuple[str, ...] = ()) -> GoTChain:
     """`text` as a plan a person wrote: parsed strictly, its objects checked, and (`whole`) its end checked."""
     chain = parse_chain(text, strict=True, drawn_after=drawn_after)
+    _check_no_new_message(text)
     check_plan_objects(chain)
     _check_plan_end(text, whole)
     return chain
+
+
+def _check_no_new_message(text: str) -> None:
+    """A plan is the assistant's text; <|im_start|> would begin another chat message (a faked turn) inside it."""
+    at = text.find(IM_START)
+    if at >= 0:
+        raise ChainError(f"{IM_START} begins a new chat message and is never part of a plan: remove it (a plan is "
+                         "the assistant's text: phrases, boxes and its end token)", at)
 
 
 def _check_plan_end(text: str, whole: bool) -> None:

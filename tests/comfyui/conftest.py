@@ -246,11 +246,15 @@ def _write_model_paths(models_dir: Path, yaml_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def serving(comfyui_root: Path, tiny_models_dir: Path, base: Path, *extra_args: str):
-    """A ComfyUI server on the CPU with the pack and the tiny models (see the module docstring), until exit."""
+def serving(comfyui_root: Path, tiny_models_dir: Path, base: Path, *extra_args: str,
+            extra_nodes: tuple[Path, ...] = ()):
+    """A ComfyUI server on the CPU with the pack and the tiny models (see the module docstring), until exit;
+    `extra_nodes` are test-only node packs (folders) installed beside it."""
     (base / "custom_nodes").mkdir()
     (base / "models" / "diffusion_models").mkdir(parents=True)  # ComfyUI's own default, for test-made files
     (base / "custom_nodes" / "comfyui-got").symlink_to(REPO, target_is_directory=True)
+    for folder in extra_nodes:
+        (base / "custom_nodes" / folder.name).symlink_to(folder, target_is_directory=True)
     yaml_path = base / "extra_model_paths.yaml"
     _write_model_paths(tiny_models_dir, yaml_path)
     port = _free_port()
