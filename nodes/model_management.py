@@ -82,19 +82,30 @@ class ManagedWeights(torch.nn.Module):
         return sum(owner.cache_bytes for owner in self.cache_owners)
 
 
+def weight_bytes(module: torch.nn.Module) -> int:
+    """The bytes of `module`'s weights, each tensor once. ComfyUI's `module_size` sums the state dict, which lists
+    a tied weight under both its names: Qwen2.5-VL-3B's lm_head is its embed_tokens (311 M parameters, 0.6 GB
+    in bf16, 8% of the model, counted twice)."""
+    tensors = {(t.device, t.data_ptr()): t.nbytes for t in module.state_dict(keep_vars=True).values()}
+    return sum(tensors.values())
+
+
 class MLLMPatcher(comfy.model_patcher.ModelPatcher):
     """A ModelPatcher that also frees the reasoner's KV cache whenever ComfyUI takes the weights off the device,
     partly (to make room for another model) or wholly (unload). The KV caches count in its size: they stay on
     the load device between prompts (their capacity follows the largest max_new_tokens asked for), so ComfyUI
-    must see them to know what unloading this model frees."""
+    must see them to know what unloading this model frees. Tied weights count once (`weight_bytes`)."""
 
     @override
     def model_size(self) -> int:
-        return super().model_size() + self.model.cache_bytes()
+        if self.size <= 0:
+            self.size = weight_bytes(self.model)
+        return self.size + self.model.cache_bytes()
 
     @override
     def loaded_size(self) -> int:
-        return super().loaded_size() + self.model.cache_bytes()
+        weights = self.model_size() - self.model.cache_bytes()
+        return min(super().loaded_size(), weights) + self.model.cache_bytes()
 
     @override
     def partially_unload(self, device_to: torch.device, memory_to_free: int = 0) -> int:
