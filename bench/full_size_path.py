@@ -71,7 +71,9 @@ def measured(name: str, argv: list[str], written: list[Path] = (), env: dict | N
     seconds = time.monotonic() - started
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"[{name}] failed with exit code {os.waitstatus_to_exitcode(status)}")
-    return Step(name, seconds, usage.ru_maxrss * 1024 / 1e9, folder_bytes(*written) / 1e9)
+    step = Step(name, seconds, usage.ru_maxrss * 1024 / 1e9, folder_bytes(*written) / 1e9)
+    print(f"[{name}] {json.dumps(asdict(step))}", flush=True)
+    return step
 
 
 class Server:
@@ -109,7 +111,7 @@ class Server:
     def post(self, path: str, body: dict) -> dict:
         request = urllib.request.Request(self.url + path, json.dumps(body).encode(),
                                          {"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=600) as response:
             text = response.read()
         return json.loads(text) if text else {}
 
@@ -119,15 +121,19 @@ class Server:
         started = time.monotonic()
         prompt_id = self.post("/prompt", {"prompt": graph, "client_id": str(uuid.uuid4())})["prompt_id"]
         while time.monotonic() - started < timeout:
-            with urllib.request.urlopen(f"{self.url}/history/{prompt_id}", timeout=60) as response:
-                entry = json.loads(response.read()).get(prompt_id)
+            try:  # a server busy reading 30 GB can be slow to answer
+                with urllib.request.urlopen(f"{self.url}/history/{prompt_id}", timeout=60) as response:
+                    entry = json.loads(response.read()).get(prompt_id)
+            except OSError:
+                entry = None
             status = (entry or {}).get("status", {}).get("status_str")
             if status == "error":
                 sys.exit(f"the prompt failed: {json.dumps(entry['status']['messages'])[-2000:]}")
             if status == "success":
                 return entry, time.monotonic() - started
             if self.process.poll() is not None:
-                sys.exit(f"ComfyUI died (exit {self.process.returncode}): out of memory?")
+                sys.exit(f"ComfyUI died (exit {self.process.returncode}; -9: killed, out of memory) after "
+                         f"{time.monotonic() - started:.0f} s")
             time.sleep(0.5)
         sys.exit(f"the prompt did not finish in {timeout} s")
 
@@ -180,19 +186,19 @@ def memory_rows(entry: dict) -> list[dict]:
 
 
 def server_steps(work: Path, models: Path, side: int, steps: int, dtype: str) -> list[Step]:
+    """Each graph on a fresh server: on the CPU, ComfyUI's unload leaves the weights in RAM (the offload device)."""
     comfyui, python = Path(os.environ["COMFYUI_DIR"]), os.environ.get("COMFYUI_PYTHON", sys.executable)
-    server = Server(comfyui, python, work, models)
-    started = time.monotonic() - server.started
-    print(f"[comfyui] ready in {started:.1f} s", flush=True)
-    entry, seconds = server.run(render_graph(side, steps, dtype))
-    render = Step(f"ComfyUI: text to image {side}x{side}, {steps} steps (converted files)", seconds,
-                  server.peak_rss_gb(), notes={"memory": memory_rows(entry)})
-    server.post("/free", {"unload_models": True, "free_memory": True})
-    entry, seconds = server.run(release_load_graph(dtype))
-    release = Step("ComfyUI: GoT MLLM Loader from the raw release (+ 2 tokens)", seconds, server.peak_rss_gb(),
-                   notes={"memory": memory_rows(entry)})
-    server.stop()
-    return [render, release]
+    measured_steps = []
+    for name, graph in ((f"ComfyUI: text to image {side}x{side}, {steps} steps (converted files)",
+                         render_graph(side, steps, dtype)),
+                        ("ComfyUI: GoT MLLM Loader from the raw release (+ 2 tokens)", release_load_graph(dtype))):
+        server = Server(comfyui, python, work, models)
+        print(f"[comfyui] ready in {time.monotonic() - server.started:.1f} s", flush=True)
+        entry, seconds = server.run(graph)
+        measured_steps.append(Step(name, seconds, server.peak_rss_gb(), notes={"memory": memory_rows(entry)}))
+        print(f"[{name}] {json.dumps(asdict(measured_steps[-1]))}", flush=True)
+        server.stop()
+    return measured_steps
 
 
 def print_table(facts: dict, steps: list[Step]) -> None:
