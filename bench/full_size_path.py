@@ -79,8 +79,7 @@ def measured(name: str, argv: list[str], written: list[Path] = (), env: dict | N
 class Server:
     """ComfyUI on the CPU over WORK/models, with the bench's memory report node."""
 
-    def __init__(self, comfyui: Path, python: str, work: Path, models: Path) -> None:
-        base = work / "comfy_base"
+    def __init__(self, comfyui: Path, python: str, base: Path, models: Path) -> None:
         shutil.rmtree(base, ignore_errors=True)
         (base / "custom_nodes").mkdir(parents=True)
         (base / "custom_nodes" / "comfyui-got").symlink_to(REPO)
@@ -189,10 +188,10 @@ def server_steps(work: Path, models: Path, side: int, steps: int, dtype: str) ->
     """Each graph on a fresh server: on the CPU, ComfyUI's unload leaves the weights in RAM (the offload device)."""
     comfyui, python = Path(os.environ["COMFYUI_DIR"]), os.environ.get("COMFYUI_PYTHON", sys.executable)
     measured_steps = []
-    for name, graph in ((f"ComfyUI: text to image {side}x{side}, {steps} steps (converted files)",
+    for index, (name, graph) in enumerate(((f"ComfyUI: text to image {side}x{side}, {steps} steps (converted files)",
                          render_graph(side, steps, dtype)),
-                        ("ComfyUI: GoT MLLM Loader from the raw release (+ 2 tokens)", release_load_graph(dtype))):
-        server = Server(comfyui, python, work, models)
+                        ("ComfyUI: GoT MLLM Loader from the raw release (+ 2 tokens)", release_load_graph(dtype)))):
+        server = Server(comfyui, python, work / f"comfy_base_{index + 1}", models)
         print(f"[comfyui] ready in {time.monotonic() - server.started:.1f} s", flush=True)
         entry, seconds = server.run(graph)
         measured_steps.append(Step(name, seconds, server.peak_rss_gb(), notes={"memory": memory_rows(entry)}))
