@@ -53,6 +53,7 @@ from got_backend.reasoning.mllm import GoTMLLM, resolve_dtype  # noqa: E402
 from got_backend.pipeline import GoTPipeline, Progress, ReasoningSettings, RenderSettings  # noqa: E402
 from got_backend.reasoning.prompts import chat_messages, instruction  # noqa: E402
 from got_backend.reasoning.semantic import IMAGE_QUERY_COUNT  # noqa: E402
+from full_size_release import SDXL_UNET_12CH  # noqa: E402
 from reasoner import build_reasoner, peak_gib, peak_reset, profile_table, sync  # noqa: E402
 
 PROMPT = "A sunlit kitchen table with a red teapot, two blue cups, a basket of oranges and a green plant"
@@ -62,18 +63,6 @@ GOAL_SPEEDUP = 2.4  # end to end against the released loop, 250 tokens, 1024x102
 GOAL_OFFLOAD_PEAK_GB = 10.0
 FILLER = (" The light comes from a window on the left, the table is made of pale oak, and the background is a "
           "soft cream wall with a little shadow below the shelf.")
-
-SDXL_UNET_12CH = {  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json, conv_in widened to 12 channels
-    "sample_size": 128, "in_channels": 12, "out_channels": 4, "center_input_sample": False,
-    "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
-    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-    "block_out_channels": [320, 640, 1280], "layers_per_block": 2, "transformer_layers_per_block": [1, 2, 10],
-    "attention_head_dim": [5, 10, 20], "cross_attention_dim": 2048, "use_linear_projection": True,
-    "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-    "projection_class_embeddings_input_dim": 2816,
-}
-
 
 class ForceSequence:
     """A transformers-style logits processor: the n-th new token is `ids[n]` (one instance per run)."""

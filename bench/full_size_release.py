@@ -102,19 +102,22 @@ def random_tensor(name: str, shape: torch.Size, dtype: torch.dtype, generator: t
     return tensor.to(dtype)
 
 
-def shard_plan(layout: dict[str, tuple[torch.Size, torch.dtype]], dtype: torch.dtype | None) -> list[list[str]]:
+def stored_dtype(release_dtype: torch.dtype, override: torch.dtype | None) -> torch.dtype:
+    """The dtype a tensor is written in: `override` (--bf16) replaces fp32; the fp16 VAE stays fp16."""
+    return override if override is not None and release_dtype == torch.float32 else release_dtype
+
+
+def stored_sizes(layout: dict[str, tuple[torch.Size, torch.dtype]], dtype: torch.dtype | None) -> dict[str, int]:
+    return {k: shape.numel() * stored_dtype(d, dtype).itemsize for k, (shape, d) in layout.items()}
+
+
+def shard_plan(sizes: dict[str, int]) -> list[list[str]]:
     """The names in order, cut into SHARDS shards of about equal bytes (as the release's `save_pretrained` cut)."""
-    sizes = {k: shape.numel() * (dtype if dtype and d == torch.float32 else d).itemsize
-             for k, (shape, d) in layout.items()}
     total, shards, filled = sum(sizes.values()), [[] for _ in range(SHARDS)], 0
     for key, size in sizes.items():
         shards[min(SHARDS - 1, filled * SHARDS // total)].append(key)
         filled += size
     return shards
-
-
-def release_bytes(layout: dict[str, tuple[torch.Size, torch.dtype]], dtype: torch.dtype | None) -> int:
-    return sum(shape.numel() * (dtype if dtype and d == torch.float32 else d).itemsize for shape, d in layout.values())
 
 
 def check_disk(folder: Path, needed: int) -> None:
@@ -138,7 +141,8 @@ def write_release(out: Path, *, tiny: bool = False, bf16: bool = False, vlm_weig
     layout = release_layout(qwen, unet_config, config["hidden_size"],
                             unet_config["projection_class_embeddings_input_dim"] - 6 * 256)
     dtype = torch.bfloat16 if bf16 else None
-    needed = release_bytes(layout, dtype)
+    sizes = stored_sizes(layout, dtype)
+    needed = sum(sizes.values())
     check_disk(out, needed * (1.6 if vlm_weights else 1))
     say(f"writing a {'tiny' if tiny else 'full-size'} GoT-6B release: {len(layout):,} tensors, "
         f"{needed / 1e9:.2f} GB in {SHARDS} shards")
@@ -146,13 +150,12 @@ def write_release(out: Path, *, tiny: bool = False, bf16: bool = False, vlm_weig
     shutil.rmtree(release, ignore_errors=True)
     release.mkdir(parents=True)
     generator, weight_map = torch.Generator().manual_seed(seed), {}
-    for index, names in enumerate(shard_plan(layout, dtype)):
+    for index, names in enumerate(shard_plan(sizes)):
         file = release / f"pytorch_model-{index + 1:05d}-of-{SHARDS:05d}.bin"
         shard = {}
         for name in names:
             shape, stored = layout[name]
-            shard[name] = random_tensor(name, shape, dtype if dtype and stored == torch.float32 else stored,
-                                        generator)
+            shard[name] = random_tensor(name, shape, stored_dtype(stored, dtype), generator)
         torch.save(shard, file)
         weight_map.update(dict.fromkeys(names, file.name))
         say(f"  {file.name}: {len(names):,} tensors, {file.stat().st_size / 1e9:.2f} GB")
